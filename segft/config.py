@@ -1,0 +1,137 @@
+"""Typed settings for every segft command: the one place that knows the defaults.
+
+The defaults reproduce the original study's protocol (PAULow: patch-based Attention U-Net, 128 x 128 patches,
+dynamic per-patch loss; Adam, 100 epochs, batch 4, learning rate 1e-5 for base training and fine-tuning).
+Each field maps one-to-one onto a CLI flag (``--field-name``) and onto an ``MLproject`` parameter of the same
+name (``field_name``); ``tests/test_config.py`` checks that the three agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to build the Attention U-Net.
+
+    Attributes:
+        encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``).
+        encoder_weights: Pretrained weights name for the encoder (for example ``imagenet``); empty for random
+            initialisation. Empty by default because nothing may be downloaded at run time.
+        encoder_depth: Number of encoder stages used (3-5); each halves the resolution.
+        decoder_channels: Channels of each decoder stage, deepest first; one entry per encoder stage.
+    """
+
+    encoder: str = "resnet18"
+    encoder_weights: str = ""
+    encoder_depth: int = 4
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The dynamic per-patch loss (PAULow): which loss a patch gets depends on its predicted foreground.
+
+    A patch with no predicted foreground pixel (sigmoid > 0.5) is trained with BCE; one whose predicted
+    foreground covers less than ``small_foreground`` of the patch with BCE + Tversky; any other with
+    Tversky + Focal Tversky.
+
+    Attributes:
+        small_foreground: Predicted-foreground fraction below which a patch counts as "small object".
+        tversky_alpha: Tversky weight on false positives (Salehi et al. 2017).
+        tversky_beta: Tversky weight on false negatives.
+        focal_gamma: Exponent of the Focal Tversky loss, (1 - TI) ** gamma (Abraham & Khan 2019).
+        weight_bce: Weight of the BCE term wherever it is used.
+        weight_tversky: Weight of the Tversky term wherever it is used.
+        weight_focal_tversky: Weight of the Focal Tversky term.
+    """
+
+    small_foreground: float = 0.0625
+    tversky_alpha: float = 0.7
+    tversky_beta: float = 0.3
+    focal_gamma: float = 0.75
+    weight_bce: float = 1.0
+    weight_tversky: float = 1.0
+    weight_focal_tversky: float = 1.0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The study's split, by position in each dataset's sorted file list (1-based in the docs).
+
+    Attributes:
+        dataset1_train_images: Dataset 1 images 1..N train the base model; the rest are Dataset 1's test set.
+        dataset2_pool_images: Dataset 2 images 1..N are the fine-tuning pool; the rest are Dataset 2's test set.
+    """
+
+    dataset1_train_images: int = 25
+    dataset2_pool_images: int = 20
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run (base or fine-tuning) needs.
+
+    Attributes:
+        data_dir: Study data root holding ``dataset1/`` and ``dataset2/``; empty for the built-in synthetic data.
+        epochs: Passes over the training patches.
+        batch_size: Patches per optimizer step.
+        lr: Adam learning rate.
+        patch_size: Side of the square training patches (and of the inference window).
+        seed: Seeds weight initialisation and patch order; a CPU run with the same seed is repeatable.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        overlap: Fraction of the window shared by neighbouring windows at evaluation.
+        model: Architecture settings.
+        loss: Dynamic-loss settings.
+        split: Which images train, fine-tune and test.
+    """
+
+    data_dir: str = ""
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float = 1e-5
+    patch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    overlap: float = 0.5
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Names under which trained models are registered in the MLflow model registry.
+
+    Attributes:
+        base_model_name: Registered model for base (Dataset 1) models.
+        finetuned_model_name: Registered model for fine-tuned models.
+    """
+
+    base_model_name: str = "segft-base"
+    finetuned_model_name: str = "segft-finetuned"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """The ``base`` command: train on Dataset 1, evaluate on both test sets."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The ``finetune`` command.
+
+    Attributes:
+        n_images: How many images of Dataset 2's fine-tuning pool to train on (the first ``n_images``).
+        base_model: MLflow model URI to start from; empty for the latest registered base model trained on the
+            same data with the same encoder (trained first, as its own run, if there is none).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    n_images: int = 5
+    base_model: str = ""

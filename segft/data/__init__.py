@@ -1,0 +1,1 @@
+"""Data: reading files, synthetic data, splits and patches."""

@@ -1,0 +1,77 @@
+"""Which data a study uses, and how it is split into base training, fine-tuning pool and test sets.
+
+The split follows the original protocol by position in each dataset's sorted file list:
+Dataset 1 images 1-25 train the base model and 26-end are its test set; Dataset 2 images 1-20 are the
+fine-tuning pool (fine-tuning with ``n`` images takes the first ``n``) and 21-end are its test set.
+Test images are never used for training, model selection or early stopping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segft.config import SplitConfig
+from segft.data.dataset import load_study_data, require_images
+from segft.data.imageset import ImageSet, StudyData
+from segft.data.synthetic import make_microtube_study
+
+
+def load_study(data_dir: str) -> StudyData:
+    """The study's data: ``data_dir/dataset1`` and ``data_dir/dataset2``, or the built-in synthetic microtube
+    data when ``data_dir`` is empty. Validates every file (see ``segft.data.dataset``)."""
+    return load_study_data(data_dir) if data_dir else make_microtube_study()
+
+
+@dataclass(frozen=True)
+class StudySplit:
+    """The four parts of a study's data."""
+
+    base_train: ImageSet
+    finetune_pool: ImageSet
+    test_dataset1: ImageSet
+    test_dataset2: ImageSet
+
+    def finetune_subset(self, n_images: int) -> ImageSet:
+        """The first ``n_images`` of the fine-tuning pool.
+
+        Raises:
+            DataError: If the pool holds fewer than ``n_images``.
+            ValueError: If ``n_images`` < 1.
+        """
+        if n_images < 1:
+            raise ValueError(f"n_images must be >= 1, got {n_images}")
+        require_images(self.finetune_pool, n_images, f"fine-tuning with n_images={n_images} (pool of the first "
+                       f"{len(self.finetune_pool)} images)")
+        return self.finetune_pool.subset(range(n_images))
+
+    def test_sets(self) -> tuple[ImageSet, ImageSet]:
+        return self.test_dataset1, self.test_dataset2
+
+    def file_names(self) -> dict[str, list[str]]:
+        """The exact image names of each part, for logging."""
+        return {
+            "dataset1_train": list(self.base_train.names),
+            "dataset2_pool": list(self.finetune_pool.names),
+            "dataset1_test": list(self.test_dataset1.names),
+            "dataset2_test": list(self.test_dataset2.names),
+        }
+
+
+def split_study(study: StudyData, config: SplitConfig) -> StudySplit:
+    """Split by position; each dataset must keep at least one test image.
+
+    Raises:
+        DataError: If a dataset has too few images for its part of the split.
+    """
+    n_train, n_pool = config.dataset1_train_images, config.dataset2_pool_images
+    if n_train < 1 or n_pool < 1:
+        raise ValueError(f"dataset1_train_images and dataset2_pool_images must be >= 1, got {n_train}, {n_pool}")
+    require_images(study.dataset1, n_train + 1, f"base training on images 1-{n_train} plus a test image")
+    require_images(study.dataset2, n_pool + 1, f"a fine-tuning pool of images 1-{n_pool} plus a test image")
+    d1, d2 = study.dataset1, study.dataset2
+    return StudySplit(
+        base_train=d1.subset(range(n_train)),
+        finetune_pool=d2.subset(range(n_pool)),
+        test_dataset1=d1.subset(range(n_train, len(d1))),
+        test_dataset2=d2.subset(range(n_pool, len(d2))),
+    )

@@ -1,0 +1,79 @@
+"""Sliding-window prediction of a whole image with overlapping, Gaussian-blended patches.
+
+The same shape as MONAI's ``sliding_window_inference`` / ``SlidingWindowInferer``, far shorter: 2-D, one channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from segft.data.normalize import normalize_image
+from segft.data.patches import extract_patches, gaussian_weight, stitch
+
+
+def window_stride(patch_size: int, overlap: float) -> int:
+    """Stride between windows sharing ``overlap`` of their side.
+
+    Raises:
+        ValueError: If ``overlap`` is not in [0, 1).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return max(1, round(patch_size * (1 - overlap)))
+
+
+@torch.inference_mode()
+def sliding_window_predict(
+    model: nn.Module,
+    image: np.ndarray,
+    patch_size: int,
+    overlap: float = 0.5,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Foreground probability of every pixel of a normalized 2-D image.
+
+    Args:
+        model: Maps (B, 1, p, p) to (B, 1, p, p) logits; put in eval mode by the caller.
+        image: (H, W) float image, already normalized (``normalize_image``).
+        patch_size: Window side ``p``.
+        overlap: Fraction of the window shared with its neighbour.
+        batch_size: Windows per forward pass.
+        device: Where the model lives.
+
+    Returns:
+        (H, W) float32 probabilities in [0, 1].
+    """
+    patches, origins = extract_patches(image.astype(np.float32), patch_size, window_stride(patch_size, overlap))
+    probabilities = []
+    for start in range(0, len(patches), batch_size):
+        batch = torch.from_numpy(patches[start : start + batch_size, None]).to(device)
+        probabilities.append(torch.sigmoid(model(batch))[:, 0].float().cpu().numpy())
+    return stitch(np.concatenate(probabilities), origins, image.shape, gaussian_weight(patch_size))
+
+
+@dataclass(frozen=True)
+class SlidingWindowSegmenter:
+    """A model plus the settings to segment raw images with it: normalize, slide, blend, threshold."""
+
+    model: nn.Module
+    patch_size: int = 128
+    overlap: float = 0.5
+    batch_size: int = 16
+    threshold: float = 0.5
+    device: torch.device | str = "cpu"
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) raw image of any dtype -> (H, W) foreground probabilities."""
+        self.model.eval()
+        return sliding_window_predict(
+            self.model, normalize_image(image), self.patch_size, self.overlap, self.batch_size, self.device
+        )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) raw image -> (H, W) boolean mask (probability > threshold)."""
+        return self.probabilities(image) > self.threshold

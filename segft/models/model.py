@@ -1,0 +1,52 @@
+"""Attention U-Net: an smp encoder, our attention decoder and a one-logit segmentation head."""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from segft.config import ModelConfig
+from segft.models.decoder import AttentionUnetDecoder
+
+
+class AttentionUnet(nn.Module):
+    """Attention U-Net (Oktay et al. 2018) on any segmentation_models_pytorch encoder.
+
+    One input channel (the normalized grey image), one output logit map of the input's size.
+    Input height and width must be divisible by ``2 ** encoder_depth``.
+
+    Args:
+        encoder: smp encoder name (``smp.encoders.get_encoder``; its KeyError lists the valid names).
+        encoder_weights: Pretrained weights name, or None/"" for random initialisation (nothing is downloaded).
+        encoder_depth: Number of encoder stages (3-5).
+        decoder_channels: Channels of each decoder block, deepest first; ``encoder_depth`` entries.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        encoder_depth: int = 4,
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        self.encoder = smp.encoders.get_encoder(
+            encoder, in_channels=1, depth=encoder_depth, weights=encoder_weights or None
+        )
+        self.decoder = AttentionUnetDecoder(self.encoder.out_channels, decoder_channels)
+        self.head = nn.Conv2d(decoder_channels[-1], 1, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) image -> (B, 1, H, W) logits."""
+        return self.head(self.decoder(self.encoder(x)))
+
+
+def build_model(config: ModelConfig) -> AttentionUnet:
+    """The model described by ``config``."""
+    return AttentionUnet(
+        encoder=config.encoder,
+        encoder_weights=config.encoder_weights,
+        encoder_depth=config.encoder_depth,
+        decoder_channels=tuple(config.decoder_channels),
+    )

@@ -1,0 +1,136 @@
+"""The study's two runs: base training on Dataset 1, and fine-tuning a base model with Dataset 2 images.
+
+Each run: load and validate the data (before any MLflow run exists), build or load the model, train, evaluate on
+both test sets, log everything and register the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segft import tracking
+from segft.checkpoint import InferenceSettings, load_checkpoint, save_checkpoint
+from segft.config import BaseConfig, FinetuneConfig, RegistryConfig, TrainConfig
+from segft.data.imageset import ImageSet
+from segft.data.study import StudySplit, load_study, split_study
+from segft.inference import SlidingWindowSegmenter
+from segft.models import build_model
+from segft.training import evaluate, make_patches, resolve_device, train
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        run_id: The MLflow run.
+        model_uri: The registered model version, ``models:/<name>/<version>``.
+        test_dice: ``{"test_dice_dataset1": ..., "test_dice_dataset2": ...}``.
+    """
+
+    run_id: str
+    model_uri: str
+    test_dice: dict[str, float]
+
+
+def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
+    """Train a model from scratch on Dataset 1's training images and register it as the base model.
+
+    Args:
+        config: Training and registry settings.
+        new_run: Always create a new MLflow run instead of adopting the one ``mlflow run`` started.
+    """
+    study = load_study(config.train.data_dir)
+    split = split_study(study, config.train.split)
+    return _train_base(config.train, config.registry, split, study.digest(), new_run)
+
+
+def run_finetune(config: FinetuneConfig) -> RunResult:
+    """Fine-tune a base model with the first ``n_images`` of Dataset 2's pool and register the result.
+
+    The base model is ``config.base_model`` or, when empty, the newest registered base model trained on the
+    same data (by digest) with the same encoder; if there is none, one is trained first, as its own run.
+    The fine-tuned model keeps the base model's architecture.
+    """
+    train_config, registry = config.train, config.registry
+    study = load_study(train_config.data_dir)
+    split = split_study(study, train_config.split)
+    train_set = split.finetune_subset(config.n_images)
+    digest = study.digest()
+    device = resolve_device(train_config.device)
+    base_uri = config.base_model or tracking.find_model_version(
+        registry.base_model_name, {tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: train_config.model.encoder}
+    )
+    if not base_uri:
+        base_uri = _train_base(train_config, registry, split, digest, new_run=True).model_uri
+    with tempfile.TemporaryDirectory() as tmp:
+        model, model_config, _ = load_checkpoint(tracking.download_checkpoint(base_uri, Path(tmp)), device)
+    torch.manual_seed(train_config.seed)
+    return _train_evaluate_log(
+        role="finetune",
+        model=model,
+        config=dataclasses.replace(train_config, model=model_config),
+        train_set=train_set,
+        split=split,
+        digest=digest,
+        registered_name=registry.finetuned_model_name,
+        extra_params={"n_images": config.n_images, "base_model": base_uri,
+                      "base_run_id": tracking.model_source_run(base_uri) or ""},
+    )
+
+
+def _train_base(config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str, new_run: bool) -> RunResult:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(device)
+    return _train_evaluate_log(
+        role="base",
+        model=model,
+        config=config,
+        train_set=split.base_train,
+        split=split,
+        digest=digest,
+        registered_name=registry.base_model_name,
+        extra_params={"n_images": 0},
+        new_run=new_run,
+    )
+
+
+def _train_evaluate_log(
+    role: str,
+    model: nn.Module,
+    config: TrainConfig,
+    train_set: ImageSet,
+    split: StudySplit,
+    digest: str,
+    registered_name: str,
+    extra_params: dict[str, object],
+    new_run: bool = False,
+) -> RunResult:
+    device = resolve_device(config.device)
+    model = model.to(device)
+    patches = make_patches(train_set, config.patch_size, device)
+    tags = {tracking.ROLE_TAG: role, tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder}
+    run_name = role if role == "base" else f"{role}-n{extra_params['n_images']}"
+    with tracking.start_run(run_name, tags, new_run=new_run) as run:
+        tracking.log_params({**tracking.flatten_config(config), **extra_params, "data_digest": digest,
+                             "data_source": train_set.source, "train_patches": len(patches)})
+        tracking.log_split({**split.file_names(), "train": list(train_set.names)})
+        train(model, patches, config, on_epoch=tracking.log_epoch, description=run_name)
+        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device)
+        results = [r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)]
+        images = {(s.name, n): (i, m) for s in split.test_sets() for n, i, m in zip(s.names, s.images, s.masks)}
+        metrics = tracking.log_evaluation(results, images)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
+                                         Path(tmp) / "checkpoint")
+            version_tags = {**tags, "run_id": run.info.run_id, "n_images": str(extra_params["n_images"]),
+                            **{key: f"{value:.4f}" for key, value in metrics.items()}}
+            model_uri = tracking.log_model(checkpoint, registered_name, version_tags)[0]
+    return RunResult(run_id=run.info.run_id, model_uri=model_uri, test_dice=metrics)

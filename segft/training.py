@@ -1,0 +1,174 @@
+"""The training loop and the evaluation of a model on a test set.
+
+Reads as nnU-Net's ``run_training``: patches are cut once and kept on the device, then each epoch is one
+``train_epoch`` followed by a callback that logs it; evaluation segments whole test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from segft.config import TrainConfig
+from segft.data.imageset import ImageSet
+from segft.data.normalize import normalize_image
+from segft.data.patches import extract_patches
+from segft.inference import SlidingWindowSegmenter
+from segft.losses import BRANCHES, DynamicLoss
+from segft.metrics import Counts, confusion_counts
+
+
+@dataclass(frozen=True)
+class Patches:
+    """Training patches of an image set, on one device.
+
+    Attributes:
+        images: (N, 1, p, p) float32 normalized image patches.
+        masks: (N, 1, p, p) float32 masks in {0, 1}.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def make_patches(image_set: ImageSet, patch_size: int, device: torch.device | str = "cpu") -> Patches:
+    """Normalize each image and cut it and its mask on a non-overlapping grid covering the whole image.
+
+    Every patch is kept, background-only ones included (the dynamic loss trains those with BCE).
+    """
+    images, masks = [], []
+    for image, mask in zip(image_set.images, image_set.masks):
+        images.append(extract_patches(normalize_image(image), patch_size, patch_size)[0])
+        masks.append(extract_patches(mask.astype(np.float32), patch_size, patch_size)[0])
+    return Patches(
+        images=torch.from_numpy(np.concatenate(images)[:, None]).to(device),
+        masks=torch.from_numpy(np.concatenate(masks)[:, None]).to(device),
+    )
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """What one epoch did: mean training loss and how many patches took each dynamic-loss branch."""
+
+    epoch: int
+    loss: float
+    branch_counts: dict[str, int]
+
+
+def train_epoch(
+    model: nn.Module,
+    patches: Patches,
+    loss_fn: DynamicLoss,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+) -> tuple[float, dict[str, int]]:
+    """One pass over the patches in a random order; returns the mean loss and the branch counts.
+
+    Loss and counts are accumulated on the device and read once at the end (no per-step host sync).
+    """
+    model.train()
+    order = torch.randperm(len(patches), generator=generator).to(patches.images.device)
+    total = torch.zeros((), device=patches.images.device)
+    counts = torch.zeros(len(BRANCHES), dtype=torch.long, device=patches.images.device)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        loss, branch = loss_fn(model(patches.images[index]), patches.masks[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(index)
+        counts += torch.bincount(branch, minlength=len(BRANCHES))
+    return total.item() / len(patches), dict(zip(BRANCHES, counts.tolist()))
+
+
+def train(
+    model: nn.Module,
+    patches: Patches,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochLog], None] = lambda log: None,
+    description: str = "train",
+) -> list[EpochLog]:
+    """Train ``model`` in place with Adam and the dynamic loss for ``config.epochs`` epochs.
+
+    Args:
+        model: Already on the patches' device.
+        patches: Training patches (``make_patches``).
+        config: Epochs, batch size, learning rate, loss settings and seed (patch order).
+        on_epoch: Called after every epoch, for example to log to MLflow.
+        description: Label of the progress bar.
+
+    Returns:
+        One ``EpochLog`` per epoch.
+
+    Raises:
+        ValueError: If there are no patches or the batch size or epochs are not positive.
+    """
+    if len(patches) == 0:
+        raise ValueError("no training patches")
+    if config.batch_size < 1 or config.epochs < 1:
+        raise ValueError(f"batch_size and epochs must be >= 1, got {config.batch_size} and {config.epochs}")
+    loss_fn = DynamicLoss(config.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    logs = []
+    progress = tqdm(range(config.epochs), desc=description, unit="epoch")
+    for epoch in progress:
+        loss, counts = train_epoch(model, patches, loss_fn, optimizer, config.batch_size, generator)
+        log = EpochLog(epoch=epoch, loss=loss, branch_counts=counts)
+        progress.set_postfix(loss=f"{loss:.4f}")
+        on_epoch(log)
+        logs.append(log)
+    return logs
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One test image's prediction and its counts against the ground truth."""
+
+    dataset: str
+    name: str
+    counts: Counts
+    prediction: np.ndarray
+
+    @property
+    def dice(self) -> float:
+        return self.counts.dice
+
+
+def evaluate(segmenter: SlidingWindowSegmenter, image_set: ImageSet) -> list[ImageResult]:
+    """Segment every image of ``image_set`` whole and score it against its mask."""
+    results = []
+    for name, image, mask in tqdm(
+        list(zip(image_set.names, image_set.images, image_set.masks)), desc=f"evaluate {image_set.name}", unit="image"
+    ):
+        prediction = segmenter(image)
+        results.append(ImageResult(image_set.name, name, confusion_counts(prediction, mask), prediction))
+    return results
+
+
+def mean_dice(results: list[ImageResult]) -> float:
+    """Mean of the per-image Dice scores (the study's per-dataset number)."""
+    return float(np.mean([r.dice for r in results]))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    Raises:
+        ValueError: If a CUDA device is requested on a machine without one.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
