@@ -99,6 +99,24 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
+    def __post_init__(self) -> None:
+        """Refuse settings that could only fail later, once an MLflow run exists.
+
+        Raises:
+            ValueError: For non-positive epochs, batch size or learning rate, an overlap outside [0, 1), or a
+                patch size the encoder cannot halve ``encoder_depth`` times.
+        """
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        factor = 2**self.model.encoder_depth
+        if self.patch_size < factor or self.patch_size % factor:
+            raise ValueError(
+                f"patch_size {self.patch_size} must be a multiple of 2**encoder_depth = {factor} (encoder_depth="
+                f"{self.model.encoder_depth})"
+            )
+
 
 @dataclass(frozen=True)
 class RegistryConfig:
@@ -135,3 +153,7 @@ class FinetuneConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     n_images: int = 5
     base_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.n_images < 1:
+            raise ValueError(f"n_images must be >= 1, got {self.n_images}")

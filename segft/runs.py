@@ -80,7 +80,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
         split=split,
         digest=digest,
         registered_name=registry.finetuned_model_name,
-        extra_params={"n_images": config.n_images, "base_model": base_uri,
+        extra_params={"n_images": config.n_images, "base_model_uri": base_uri,
                       "base_run_id": tracking.model_source_run(base_uri) or ""},
     )
 

@@ -67,9 +67,19 @@ def start_run(run_name: str, tags: dict[str, str], new_run: bool = False) -> Ite
 
 
 def log_params(params: dict[str, object]) -> None:
-    """Log parameters; values over MLflow's length limit are replaced by a pointer to ``split.json``."""
+    """Log parameters; values over MLflow's length limit are replaced by a pointer to ``split.json``.
+
+    Parameters ``mlflow run`` already logged from the MLproject (the same values, shell-quoted where empty) are
+    left as they are: MLflow refuses to change a logged parameter.
+    """
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params
     mlflow.log_params(
-        {key: value if len(str(value)) <= MAX_PARAM_LENGTH else "(see split.json)" for key, value in params.items()}
+        {
+            key: value if len(str(value)) <= MAX_PARAM_LENGTH else "(see split.json)"
+            for key, value in params.items()
+            if key not in logged
+        }
     )
 
 

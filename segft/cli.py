@@ -1,0 +1,135 @@
+"""The ``segft`` command line: argument parsing -> config dataclass -> call. No logic of its own.
+
+Every leaf field of a command's config dataclass becomes a flag ``--field-name`` with the dataclass default, so
+flags, ``MLproject`` parameters and dataclass fields share one set of names and one set of defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from segft.config import BaseConfig, FinetuneConfig
+from segft.data.readers import DataError
+
+
+def _leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type, str]]:
+    """(field, resolved type, description) of every non-dataclass field, nested dataclasses flattened."""
+    hints, docs = typing.get_type_hints(cls), attribute_docs(cls)
+    leaves = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            leaves.extend(_leaf_fields(kind))
+        else:
+            leaves.append((field, kind, docs.get(field.name, "")))
+    return leaves
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """``{name: description}`` from the ``Attributes:`` section of a Google-style class docstring."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines() if "Attributes:" in (cls.__doc__ or "") else []
+    name = None
+    for line in lines:
+        head, sep, text = line.strip().partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            name, docs[head] = head, text
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--field-name`` flag per leaf field of dataclass ``cls``, with its default and docs."""
+    for field, kind, doc in _leaf_fields(cls):
+        default = _default(field)
+        parse = _int_tuple if typing.get_origin(kind) is tuple else kind
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
+            help=f"{doc} (default: {shown!r})",
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build dataclass ``cls`` (nested ones included) from parsed flags."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        values[field.name] = config_from_args(kind, args) if dataclasses.is_dataclass(kind) else getattr(args, field.name)
+    return cls(**values)
+
+
+def _run_base(args: argparse.Namespace) -> None:
+    from segft.runs import run_base
+
+    _print_result(run_base(config_from_args(BaseConfig, args)))
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from segft.runs import run_finetune
+
+    _print_result(run_finetune(config_from_args(FinetuneConfig, args)))
+
+
+def _print_result(result) -> None:
+    scores = ", ".join(f"{name} = {value:.4f}" for name, value in result.test_dice.items())
+    print(f"run {result.run_id}: {scores}; model {result.model_uri}")
+
+
+def _write_synthetic(args: argparse.Namespace) -> None:
+    from segft.data.synthetic import make_microtube_study, write_study
+
+    out = write_study(make_microtube_study(seed=args.seed), args.out)
+    print(f"wrote the synthetic microtube study to {out} (use it with --data-dir {out})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segft", description="Generalization and few-image fine-tuning of segmentation models, tracked in MLflow."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    base = commands.add_parser("base", help="train the base model on Dataset 1, evaluate on both test sets")
+    add_config_arguments(base, BaseConfig)
+    base.set_defaults(handler=_run_base)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a base model with n_images Dataset 2 images")
+    add_config_arguments(finetune, FinetuneConfig)
+    finetune.set_defaults(handler=_run_finetune)
+
+    data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the synthetic microtube study as image files")
+    synth.add_argument("--out", type=Path, required=True, help="folder to create (must not exist or be empty)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0, the built-in data)")
+    synth.set_defaults(handler=_write_synthetic)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segft`` console script. Bad input ends with a one-line error and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (DataError, ValueError) as error:
+        print(f"segft: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+

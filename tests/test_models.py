@@ -1,0 +1,151 @@
+"""Tests for segft.models: the attention gate, the attention decoder wiring, the model and ``build_model``."""
+
+from __future__ import annotations
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from segft.config import ModelConfig
+from segft.models import AttentionGate, AttentionUnet, build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+GATE_CASES = [  # gate channels, skip channels, inter channels, batch, (H, W)
+    (8, 4, None, 2, (16, 16)),
+    (4, 8, None, 2, (16, 16)),
+    (3, 5, 2, 2, (7, 9)),  # odd sizes, explicit intermediate width
+    (16, 1, None, 3, (4, 4)),  # one skip channel: intermediate width max(1 // 2, 1) = 1
+    (1, 64, 32, 2, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("gate_channels, skip_channels, inter, batch, size", GATE_CASES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_attention_gate_output_has_the_skip_shape(gate_channels, skip_channels, inter, batch, size, mode):
+    torch.manual_seed(0)
+    gate = AttentionGate(gate_channels, skip_channels, inter)
+    gate.train(mode == "train")
+    g, x = torch.randn(batch, gate_channels, *size), torch.randn(batch, skip_channels, *size)
+    assert gate(g, x).shape == x.shape
+
+
+@pytest.mark.parametrize("gate_channels, skip_channels, inter, batch, size", GATE_CASES)
+def test_attention_gate_scales_the_skip_by_one_coefficient_in_0_1_per_pixel(
+    gate_channels, skip_channels, inter, batch, size
+):
+    torch.manual_seed(1)
+    gate = AttentionGate(gate_channels, skip_channels, inter)
+    g, x = torch.randn(batch, gate_channels, *size), torch.randn(batch, skip_channels, *size)
+    x[x.abs() < 1e-3] = 1.0  # keep the ratio well defined
+    ratio = gate(g, x) / x
+    assert ((ratio >= 0) & (ratio <= 1)).all()
+    # one coefficient per pixel, shared by every channel of the skip
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-6)
+
+
+def test_attention_gate_depends_on_the_gating_signal():
+    torch.manual_seed(2)
+    gate = AttentionGate(4, 4)
+    x = torch.randn(2, 4, 8, 8)
+    first, second = gate(torch.randn(2, 4, 8, 8), x), gate(torch.randn(2, 4, 8, 8), x)
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("gate_channels, skip_channels, inter, expected_inter", [
+    (6, 10, None, 5),  # default: half the skip
+    (6, 1, None, 1),  # at least 1
+    (6, 10, 3, 3),  # explicit
+])
+def test_attention_gate_intermediate_width(gate_channels, skip_channels, inter, expected_inter):
+    gate = AttentionGate(gate_channels, skip_channels, inter)
+    assert gate.project_gate[0].in_channels == gate_channels and gate.project_skip[0].in_channels == skip_channels
+    assert gate.project_gate[0].out_channels == gate.project_skip[0].out_channels == expected_inter
+    assert gate.psi[0].in_channels == expected_inter and gate.psi[0].out_channels == 1
+
+
+MODEL_CASES = [  # encoder, depth, decoder channels, input (B, 1, H, W)
+    ("resnet18", 3, (16, 8, 4), (2, 1, 32, 32)),
+    ("resnet18", 3, (16, 8, 4), (1, 1, 64, 40)),  # not square
+    ("resnet18", 4, (16, 8, 8, 4), (2, 1, 32, 32)),
+    ("efficientnet-b0", 3, (16, 8, 4), (2, 1, 32, 32)),
+    ("efficientnet-b0", 3, (8, 8, 8), (1, 1, 64, 64)),
+]
+
+
+@pytest.mark.parametrize("encoder, depth, decoder_channels, shape", MODEL_CASES)
+def test_attention_unet_outputs_one_logit_map_of_the_input_size(encoder, depth, decoder_channels, shape):
+    torch.manual_seed(0)
+    model = AttentionUnet(encoder, None, depth, decoder_channels)
+    out = model(torch.randn(*shape))
+    assert out.shape == (shape[0], 1, *shape[2:])
+    assert torch.isfinite(out).all()
+    assert len(model.decoder.blocks) == depth
+
+
+def test_attention_unet_decoder_blocks_have_gates_except_the_last():
+    model = AttentionUnet("resnet18", None, 3, (16, 8, 4))
+    gates = [block.gate for block in model.decoder.blocks]
+    assert all(gate is not None for gate in gates[:-1]) and gates[-1] is None
+    assert [block.conv2[0].out_channels for block in model.decoder.blocks] == [16, 8, 4]
+    assert model.head.in_channels == 4 and model.head.out_channels == 1
+
+
+@pytest.mark.parametrize("depth, decoder_channels, message", [
+    (3, (16, 8), "decoder_channels has 2 entries but the encoder has 3 stages"),
+    (3, (16, 8, 4, 2), "decoder_channels has 4 entries but the encoder has 3 stages"),
+    (4, (16, 8, 4), "decoder_channels has 3 entries but the encoder has 4 stages"),
+])
+def test_decoder_channels_must_match_the_encoder_depth(depth, decoder_channels, message):
+    with pytest.raises(ValueError, match=message):
+        AttentionUnet("resnet18", None, depth, decoder_channels)
+
+
+def test_unknown_encoder_raises_key_error_listing_the_valid_names():
+    with pytest.raises(KeyError, match=r"no-such-encoder.*resnet18.*efficientnet-b0"):
+        AttentionUnet("no-such-encoder", None, 3, (16, 8, 4))
+
+
+ENCODER_CHANNELS = {  # smp's out_channels: the input, then each stage
+    ("resnet18", 3): [1, 64, 64, 128],
+    ("resnet18", 4): [1, 64, 64, 128, 256],
+    ("efficientnet-b0", 3): [1, 32, 24, 40],
+}
+BUILD_CASES = [
+    ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4)),
+    ModelConfig(encoder="efficientnet-b0", encoder_weights="", encoder_depth=3, decoder_channels=(12, 8, 6)),
+    ModelConfig(encoder="resnet18", encoder_depth=4, decoder_channels=[16, 8, 8, 4]),  # a list, as read from JSON
+]
+
+
+@pytest.mark.parametrize("config", BUILD_CASES)
+def test_build_model_respects_the_config(config):
+    model = build_model(config)
+    assert type(model.encoder) is type(smp.encoders.get_encoder(config.encoder, weights=None, depth=3))
+    assert list(model.encoder.out_channels) == ENCODER_CHANNELS[config.encoder, config.encoder_depth]
+    assert model.encoder.out_channels[0] == 1  # one grey input channel
+    assert [block.conv2[0].out_channels for block in model.decoder.blocks] == list(config.decoder_channels)
+    assert model.head.in_channels == config.decoder_channels[-1]
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_build_model_with_unknown_encoder_raises_key_error():
+    with pytest.raises(KeyError, match="Wrong encoder name"):
+        build_model(ModelConfig(encoder="resnet-7", encoder_depth=3, decoder_channels=(16, 8, 4)))
+
+
+def test_same_seed_builds_identical_models():
+    config = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
+    torch.manual_seed(5)
+    first = build_model(config)
+    torch.manual_seed(5)
+    second = build_model(config)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
