@@ -49,7 +49,8 @@ def read_checkpoint_config(directory: Path) -> tuple[ModelConfig, InferenceSetti
     """The model and inference settings stored in a checkpoint folder.
 
     Raises:
-        CheckpointError: If ``model.json`` is missing, unparsable or of another format.
+        CheckpointError: If ``model.json`` is missing, unparsable, of another format, or has missing or unknown
+            fields.
     """
     path = Path(directory) / CONFIG_FILE
     try:
@@ -58,9 +59,14 @@ def read_checkpoint_config(directory: Path) -> tuple[ModelConfig, InferenceSetti
         raise CheckpointError(f"{path}: cannot read the model description ({error})") from error
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} model description")
-    model = dict(description["model"])
-    model["decoder_channels"] = tuple(model["decoder_channels"])
-    return ModelConfig(**model), InferenceSettings(**description["inference"])
+    try:
+        model = dict(description["model"])
+        model["decoder_channels"] = tuple(model["decoder_channels"])
+        return ModelConfig(**model), InferenceSettings(**description["inference"])
+    except (KeyError, TypeError, ValueError) as error:  # a missing, unknown or mistyped field
+        raise CheckpointError(
+            f"{path}: invalid {FORMAT} model description ({type(error).__name__}: {error})"
+        ) from error
 
 
 def load_checkpoint(
