@@ -149,3 +149,11 @@ def test_same_seed_builds_identical_models():
     second = build_model(config)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("depth, absent", [(3, ("encoder.layer3.", "encoder.layer4.")), (4, ("encoder.layer4.",))])
+def test_stages_deeper_than_the_encoder_depth_carry_no_weights(depth, absent):
+    model = AttentionUnet("resnet18", encoder_depth=depth, decoder_channels=(16, 8, 4, 2)[:depth])
+    keys = model.state_dict().keys()
+    assert not [key for key in keys if key.startswith(absent)]
+    assert any(key.startswith(f"encoder.layer{depth - 1}.") for key in keys)

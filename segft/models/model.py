@@ -34,12 +34,27 @@ class AttentionUnet(nn.Module):
         self.encoder = smp.encoders.get_encoder(
             encoder, in_channels=1, depth=encoder_depth, weights=encoder_weights or None
         )
+        drop_unused_stages(self.encoder, encoder_depth)
         self.decoder = AttentionUnetDecoder(self.encoder.out_channels, decoder_channels)
         self.head = nn.Conv2d(decoder_channels[-1], 1, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) image -> (B, 1, H, W) logits."""
         return self.head(self.decoder(self.encoder(x)))
+
+
+def drop_unused_stages(encoder: nn.Module, depth: int) -> None:
+    """Replace encoder stages deeper than ``depth`` by ``nn.Identity``.
+
+    smp encoders keep every stage whatever their depth (a depth-4 resnet18 carries layer4's 8.4 M unused
+    parameters); their ``get_stages()`` maps each stage's output stride to its modules, which lets us drop the
+    stages the forward pass never reaches and keeps checkpoints small.
+    """
+    stages = encoder.get_stages() if hasattr(encoder, "get_stages") else {}
+    unused = {id(module) for stride, modules in stages.items() if stride > 2**depth for module in modules}
+    for name, child in list(encoder.named_children()):
+        if id(child) in unused:
+            setattr(encoder, name, nn.Identity())
 
 
 def build_model(config: ModelConfig) -> AttentionUnet:
