@@ -13,8 +13,9 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import BaseConfig, FinetuneConfig
+from segft.config import BaseConfig, FinetuneConfig, RegistryConfig, ReportConfig, StudyConfig, TrainConfig
 from segft.data.readers import DataError
+from segft.presets import preset_train_config
 
 
 def _leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type, str]]:
@@ -55,15 +56,46 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--field-name`` flag per leaf field of dataclass ``cls``, with its default and docs."""
+def _str_tuple(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser_for(kind: type):
+    if typing.get_origin(kind) is tuple:
+        return _int_tuple if typing.get_args(kind)[0] is int else _str_tuple
+    return _bool if kind is bool else kind
+
+
+def _or_unset(parse):
+    """Wrap a flag parser so that an empty value means "not given" (MLproject passes every parameter)."""
+    return lambda text: None if text == "" else parse(text)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, from_preset: type | None = None) -> None:
+    """Add one ``--field-name`` flag per leaf field of dataclass ``cls``, with its default and docs.
+
+    Fields of the nested dataclass ``from_preset`` get no default of their own: left out (or empty), they take
+    the value of the chosen preset.
+    """
+    preset_fields = {field.name for field, _, _ in _leaf_fields(from_preset)} if from_preset else set()
     for field, kind, doc in _leaf_fields(cls):
         default = _default(field)
-        parse = _int_tuple if typing.get_origin(kind) is tuple else kind
+        parse = _parser_for(kind)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if field.name in preset_fields:
+            parse, default, note = _or_unset(parse), None, "(default: from the preset)"
+        else:
+            note = f"(default: {shown!r})"
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default,
-            help=f"{doc} (default: {shown!r})",
+            f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default, help=f"{doc} {note}"
         )
 
 
@@ -87,6 +119,33 @@ def _run_finetune(args: argparse.Namespace) -> None:
     from segft.runs import run_finetune
 
     _print_result(run_finetune(config_from_args(FinetuneConfig, args)))
+
+
+def _run_study(args: argparse.Namespace) -> None:
+    from analysis.report import build_report, text_summary
+    from segft.study import run_study
+
+    config = study_config_from_args(args)
+    result = run_study(config)
+    report = build_report(ReportConfig(study_id=result.study_id, report_dir=config.report_dir))
+    if result.reused:
+        print(f"reused {len(result.reused)} finished runs of study {result.study_id}: {', '.join(result.reused)}")
+    print(text_summary(report))
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from analysis.report import build_report, text_summary
+
+    print(text_summary(build_report(config_from_args(ReportConfig, args))))
+
+
+def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The study's config: the preset's training settings with the explicitly given ones on top."""
+    given = {field.name: getattr(args, field.name) for field, _, _ in _leaf_fields(TrainConfig)}
+    train = preset_train_config(args.preset, {name: value for name, value in given.items() if value is not None})
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(StudyConfig)
+              if field.name not in ("train", "registry")}
+    return StudyConfig(train=train, registry=config_from_args(RegistryConfig, args), **values)
 
 
 def _print_result(result) -> None:
@@ -115,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(finetune, FinetuneConfig)
     finetune.set_defaults(handler=_run_finetune)
 
+    study = commands.add_parser("study", help="the whole study: base model, every arm, size and repeat, report")
+    add_config_arguments(study, StudyConfig, from_preset=TrainConfig)
+    study.set_defaults(handler=_run_study)
+
+    report = commands.add_parser("report", help="read a study back from the tracking server and build its report")
+    add_config_arguments(report, ReportConfig)
+    report.set_defaults(handler=_run_report)
+
     data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic microtube study as image files")
     synth.add_argument("--out", type=Path, required=True, help="folder to create (must not exist or be empty)")
@@ -128,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, KeyError) as error:
         print(f"segft: error: {error}", file=sys.stderr)
         return 2
     return 0

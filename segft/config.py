@@ -157,3 +157,63 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.n_images < 1:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
+
+
+#: The arms a study can run beside the raw base model (see ``StudyConfig.arms``).
+ARMS = ("finetune", "scratch", "joint")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The ``study`` command: the raw base model, then every arm for every fine-tuning size and repeat.
+
+    Attributes:
+        sizes: Numbers of Dataset 2 images to fine-tune with.
+        repeats: Repeats of every arm and size; repeat ``r`` uses seed ``seed + r``.
+        arms: Any of ``finetune`` (from the base model), ``scratch`` (the same images, random initialisation:
+            does the base model help at all?) and ``joint`` (Dataset 1 training images plus the Dataset 2 images,
+            from the base model: does replay prevent forgetting?).
+        resample: Repeats other than 0 draw their fine-tuning images at random from the pool (nested: a larger
+            size contains the smaller ones); repeat 0, and every repeat when false, takes the first n images.
+        preset: Training settings to start from: ``protocol`` (the original study) or ``quick`` (a 2-core CPU
+            finishes the whole study in minutes); explicit training parameters override the preset.
+        report_dir: Local folder for the report (also logged on the study's parent run).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    sizes: tuple[int, ...] = (5, 10, 15, 20)
+    repeats: int = 3
+    arms: tuple[str, ...] = ("finetune", "scratch")
+    resample: bool = True
+    preset: str = "protocol"
+    report_dir: str = "segft-report"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.arms) - set(ARMS))
+        if unknown or not self.arms:
+            raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"sizes must be positive numbers of images, got {self.sizes}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The ``report`` command: read a study back from the tracking server and build the report.
+
+    Attributes:
+        tracking_uri: Tracking server or store to read from (for example ``http://127.0.0.1:5000``); empty for
+            MLflow's default (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
+        study_id: The study to report (tag ``segft.study_id``); empty for the newest study in ``experiment``.
+        experiment: Experiment name to look in; empty for all experiments.
+        report_dir: Local folder for the report.
+        grid_images: Test images per dataset shown in the overlay comparison grid.
+    """
+
+    tracking_uri: str = ""
+    study_id: str = ""
+    experiment: str = ""
+    report_dir: str = "segft-report"
+    grid_images: int = 2

@@ -17,10 +17,14 @@ FN_COLOUR = (0, 220, 230)
 OPACITY = 0.5
 
 
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W) image of any dtype -> (H, W) uint8 for display (percentile-normalized, clipped)."""
+    return (np.clip(normalize_image(image), 0, 1) * 255).astype(np.uint8)
+
+
 def to_grey_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W) image of any dtype -> (H, W, 3) uint8 for display (percentile-normalized, clipped)."""
-    grey = (np.clip(normalize_image(image), 0, 1) * 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+    """(H, W) image of any dtype -> (H, W, 3) uint8 for display."""
+    return np.repeat(to_grey(image)[..., None], 3, axis=2)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -32,3 +36,8 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
         coloured[where] = (1 - OPACITY) * coloured[where] + OPACITY * np.array(colour, np.float32)
     gap = np.full((grey.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([grey, gap, coloured.astype(np.uint8)], axis=1)
+
+
+def mask_png(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as a uint8 0/255 image that any viewer shows."""
+    return mask.astype(np.uint8) * 255

@@ -16,7 +16,7 @@ from torch import nn
 
 from segft import tracking
 from segft.checkpoint import InferenceSettings, load_checkpoint, save_checkpoint
-from segft.config import BaseConfig, FinetuneConfig, RegistryConfig, TrainConfig
+from segft.config import BaseConfig, FinetuneConfig, ModelConfig, RegistryConfig, TrainConfig
 from segft.data.imageset import ImageSet
 from segft.data.study import StudySplit, load_study, split_study
 from segft.inference import SlidingWindowSegmenter
@@ -69,10 +69,9 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     )
     if not base_uri:
         base_uri = _train_base(train_config, registry, split, digest, new_run=True).model_uri
-    with tempfile.TemporaryDirectory() as tmp:
-        model, model_config, _ = load_checkpoint(tracking.download_checkpoint(base_uri, Path(tmp)), device)
+    model, model_config = load_base_model(base_uri, device)
     torch.manual_seed(train_config.seed)
-    return _train_evaluate_log(
+    return train_and_log(
         role="finetune",
         model=model,
         config=dataclasses.replace(train_config, model=model_config),
@@ -85,13 +84,14 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     )
 
 
-def _train_base(config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str, new_run: bool) -> RunResult:
-    device = resolve_device(config.device)
+def _train_base(
+    config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str, new_run: bool = False,
+    nested: bool = False, extra_tags: dict[str, str] | None = None,
+) -> RunResult:
     torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
-    return _train_evaluate_log(
+    return train_and_log(
         role="base",
-        model=model,
+        model=build_model(config.model),
         config=config,
         train_set=split.base_train,
         split=split,
@@ -99,10 +99,19 @@ def _train_base(config: TrainConfig, registry: RegistryConfig, split: StudySplit
         registered_name=registry.base_model_name,
         extra_params={"n_images": 0},
         new_run=new_run,
+        nested=nested,
+        extra_tags=extra_tags,
     )
 
 
-def _train_evaluate_log(
+def load_base_model(model_uri: str, device: torch.device) -> tuple[nn.Module, ModelConfig]:
+    """Download a registered segft model and rebuild it on ``device``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, model_config, _ = load_checkpoint(tracking.download_checkpoint(model_uri, Path(tmp)), device)
+    return model, model_config
+
+
+def train_and_log(
     role: str,
     model: nn.Module,
     config: TrainConfig,
@@ -112,13 +121,33 @@ def _train_evaluate_log(
     registered_name: str,
     extra_params: dict[str, object],
     new_run: bool = False,
+    nested: bool = False,
+    extra_tags: dict[str, str] | None = None,
+    run_name: str = "",
 ) -> RunResult:
+    """Train ``model`` on ``train_set`` in one MLflow run, evaluate it on both test sets, log and register it.
+
+    Args:
+        role: ``base``, ``finetune``, ``scratch`` or ``joint``; the run's ``segft.role`` tag.
+        model: The model to train (random or loaded weights); moved to ``config.device``.
+        config: Training settings; logged as parameters.
+        train_set: Images to train on.
+        split: The study's split (its test sets are evaluated, its file names logged).
+        digest: The study data's digest.
+        registered_name: Registered model to add a version to.
+        extra_params: More parameters to log (always ``n_images``).
+        new_run: Create a new run even under ``mlflow run`` (see ``tracking.start_run``).
+        nested: Start the run as a child of the active run (studies).
+        extra_tags: More run tags (study id, arm, repeat...).
+        run_name: Shown in the MLflow UI; ``<role>`` or ``<role>-n<n_images>`` when empty.
+    """
     device = resolve_device(config.device)
     model = model.to(device)
     patches = make_patches(train_set, config.patch_size, device)
-    tags = {tracking.ROLE_TAG: role, tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder}
-    run_name = role if role == "base" else f"{role}-n{extra_params['n_images']}"
-    with tracking.start_run(run_name, tags, new_run=new_run) as run:
+    tags = {tracking.ROLE_TAG: role, tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder,
+            **(extra_tags or {})}
+    run_name = run_name or (role if role == "base" else f"{role}-n{extra_params['n_images']}")
+    with tracking.start_run(run_name, tags, new_run=new_run, nested=nested) as run:
         tracking.log_params({**tracking.flatten_config(config), **extra_params, "data_digest": digest,
                              "data_source": train_set.source, "train_patches": len(patches)})
         tracking.log_split({**split.file_names(), "train": list(train_set.names)})
@@ -133,4 +162,5 @@ def _train_evaluate_log(
             version_tags = {**tags, "run_id": run.info.run_id, "n_images": str(extra_params["n_images"]),
                             **{key: f"{value:.4f}" for key, value in metrics.items()}}
             model_uri = tracking.log_model(checkpoint, registered_name, version_tags)[0]
+        tracking.set_model_uri_tag(model_uri)
     return RunResult(run_id=run.info.run_id, model_uri=model_uri, test_dice=metrics)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -21,12 +20,17 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 import segft
-from segft.overlays import overlay
+from segft.overlays import mask_png, overlay, to_grey
 from segft.training import EpochLog, ImageResult
 
 ROLE_TAG = "segft.role"
 DIGEST_TAG = "segft.data_digest"
 ENCODER_TAG = "segft.encoder"
+MODEL_URI_TAG = "segft.model_uri"
+STUDY_TAG = "segft.study_id"
+RUN_KEY_TAG = "segft.run_key"
+ARM_TAG = "segft.arm"
+REPEAT_TAG = "segft.repeat"
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
 #: The model's input: a stack of single-channel images (N, H, W); output: uint8 masks of the same shape.
@@ -49,7 +53,9 @@ def flatten_config(config: object) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, tags: dict[str, str], new_run: bool = False) -> Iterator[mlflow.ActiveRun]:
+def start_run(
+    run_name: str, tags: dict[str, str], new_run: bool = False, nested: bool = False, run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, adopt) a run; it ends FINISHED, or FAILED if the block raises.
 
     Args:
@@ -57,12 +63,14 @@ def start_run(run_name: str, tags: dict[str, str], new_run: bool = False) -> Ite
         tags: Set on the run.
         new_run: Create a separate run even when ``mlflow run`` handed this process a run to adopt
             (used when ``finetune`` first has to train a base model of its own).
+        nested: Start a child of the active run.
+        run_id: Resume this run (a study's parent run when the study is started again).
     """
-    run_id = None
     if new_run:
         experiment_id = mlflow.tracking.fluent._get_experiment_id()
         run_id = MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-    with mlflow.start_run(run_id=run_id, run_name=None if new_run else run_name, tags=tags) as run:
+    resumed = run_id is not None
+    with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags) as run:
         yield run
 
 
@@ -107,7 +115,8 @@ def evaluation_table(results: list[ImageResult]) -> pd.DataFrame:
 
 
 def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Log ``test_dice_<dataset>`` metrics, ``evaluation/per_image_dice.csv`` and one overlay PNG per test image.
+    """Log ``test_dice_<dataset>`` metrics, ``evaluation/per_image_dice.csv``, and per test image an overlay PNG
+    (``overlays/<dataset>/<image>.png``) and the predicted mask (``predictions/<dataset>/<image>.png``, 0/255).
 
     Args:
         results: Predictions of every test image.
@@ -125,6 +134,7 @@ def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tup
     for result in results:
         image, mask = images[(result.dataset, result.name)]
         mlflow.log_image(overlay(image, mask, result.prediction), f"overlays/{result.dataset}/{result.name}.png")
+        mlflow.log_image(mask_png(result.prediction), f"predictions/{result.dataset}/{result.name}.png")
     return metrics
 
 
@@ -152,6 +162,11 @@ def log_model(checkpoint_dir: Path, registered_name: str, version_tags: dict[str
     return f"models:/{registered_name}/{version}", version
 
 
+def set_model_uri_tag(model_uri: str) -> None:
+    """Record the registered model of the active run, so a resumed study can reuse it without retraining."""
+    mlflow.set_tag(MODEL_URI_TAG, model_uri)
+
+
 def find_model_version(name: str, tags: dict[str, str]) -> str | None:
     """URI of the newest version of registered model ``name`` whose tags include ``tags``, or None."""
     client = MlflowClient()
@@ -164,6 +179,38 @@ def find_model_version(name: str, tags: dict[str, str]) -> str | None:
         return None
     newest = max(matching, key=lambda v: int(v.version))
     return f"models:/{name}/{newest.version}"
+
+
+def _search_all(filter_string: str, order_by: list[str] | None = None) -> list[mlflow.entities.Run]:
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string, order_by=order_by or ["attributes.start_time DESC"])
+
+
+def finished_study_runs(study_id: str) -> dict[str, mlflow.entities.Run]:
+    """The study's child runs that finished, by their ``segft.run_key`` (newest wins)."""
+    runs = _search_all(f"tags.`{STUDY_TAG}` = '{study_id}' and attributes.status = 'FINISHED'")
+    found: dict[str, mlflow.entities.Run] = {}
+    for run in runs:
+        key = run.data.tags.get(RUN_KEY_TAG)
+        if key and key not in found and MODEL_URI_TAG in run.data.tags:
+            found[key] = run
+    return found
+
+
+def find_study_parent(study_id: str) -> str | None:
+    """The parent run of an earlier start of the same study, to resume under it; None if there is none."""
+    runs = _search_all(f"tags.`{STUDY_TAG}` = '{study_id}' and tags.`{ROLE_TAG}` = 'study'")
+    return runs[0].info.run_id if runs else None
+
+
+def log_study_data(split) -> None:
+    """Log each test image (8-bit, for display) and its mask on the study's parent run, under
+    ``test_data/<dataset>/{images,masks}/<image>.png``: the report draws its overlay grid from these."""
+    for test_set in split.test_sets():
+        for name, image, mask in zip(test_set.names, test_set.images, test_set.masks):
+            mlflow.log_image(to_grey(image), f"test_data/{test_set.name}/images/{name}.png")
+            mlflow.log_image(mask_png(mask), f"test_data/{test_set.name}/masks/{name}.png")
 
 
 def download_checkpoint(model_uri: str, destination: Path) -> Path:
@@ -190,8 +237,3 @@ def model_source_run(model_uri: str) -> str | None:
     if not version.isdigit():
         return None
     return MlflowClient().get_model_version(name, version).run_id
-
-
-def log_json(data: dict, artifact_file: str) -> None:
-    """Log a dict as a JSON artifact."""
-    mlflow.log_text(json.dumps(data, indent=2, default=str), artifact_file)

@@ -8,10 +8,13 @@ import pytest
 import yaml
 
 from segft.cli import _leaf_fields, _default, build_parser, config_from_args
-from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig
+from segft.config import BaseConfig, FinetuneConfig, ModelConfig, ReportConfig, StudyConfig, TrainConfig
+from segft.presets import PRESETS, preset_train_config
 
 MLPROJECT = Path(__file__).resolve().parents[1] / "MLproject"
-ENTRY_POINTS = [("base", BaseConfig), ("finetune", FinetuneConfig)]
+ENTRY_POINTS = [("base", BaseConfig), ("finetune", FinetuneConfig), ("study", StudyConfig), ("analyze", ReportConfig)]
+#: Study parameters that come from the preset when left empty.
+FROM_PRESET = {field.name for field, _, _ in _leaf_fields(TrainConfig)}
 
 
 def dataclass_defaults(cls: type) -> dict[str, object]:
@@ -31,14 +34,18 @@ def test_mlproject_defaults_match_dataclasses(project, entry_point, config_class
     parameters = project["entry_points"][entry_point]["parameters"]
     for name, spec in parameters.items():
         assert name in defaults, f"MLproject parameter {name} is no field of {config_class.__name__}"
-        assert spec["default"] == defaults[name], f"{entry_point}.{name}: MLproject {spec['default']!r} != {defaults[name]!r}"
+        expected = "" if entry_point == "study" and name in FROM_PRESET else defaults[name]
+        if isinstance(expected, bool):
+            expected = str(expected)
+        assert spec["default"] == expected, f"{entry_point}.{name}: MLproject {spec['default']!r} != {expected!r}"
 
 
 @pytest.mark.parametrize("entry_point, config_class", ENTRY_POINTS)
 def test_mlproject_command_passes_every_parameter_to_its_flag(project, entry_point, config_class):
     spec = project["entry_points"][entry_point]
     command = spec["command"]
-    assert command.startswith(f"python -m segft {entry_point} ")
+    command_name = "report" if entry_point == "analyze" else entry_point
+    assert command.startswith(f"python -m segft {command_name} ")
     for name in spec["parameters"]:
         assert f"--{name.replace('_', '-')} {{{name}}}" in command
 
@@ -78,3 +85,33 @@ def test_bad_flag_value_is_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["base", "--decoder-channels", "a,b"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_study_flags_override_the_preset():
+    from segft.cli import study_config_from_args
+
+    args = build_parser().parse_args(["study", "--preset", "quick", "--epochs", "2", "--sizes", "5,20",
+                                      "--arms", "finetune,joint", "--resample", "false", "--lr", ""])
+    config = study_config_from_args(args)
+    assert config.train.epochs == 2  # given explicitly
+    assert config.train.lr == PRESETS["quick"]["lr"]  # empty: from the preset
+    assert config.train == preset_train_config("quick", {"epochs": 2})
+    assert (config.sizes, config.arms, config.resample) == ((5, 20), ("finetune", "joint"), False)
+
+
+def test_study_defaults_are_the_protocol():
+    from segft.cli import study_config_from_args
+
+    assert study_config_from_args(build_parser().parse_args(["study"])) == StudyConfig()
+
+
+@pytest.mark.parametrize("bad, message", [({"arms": ("finetune", "replay")}, "unknown arms"),
+                                          ({"sizes": (0, 5)}, "sizes"), ({"repeats": 0}, "repeats")])
+def test_bad_study_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        StudyConfig(**bad)
+
+
+def test_unknown_preset_lists_the_valid_names():
+    with pytest.raises(KeyError, match="protocol"):
+        preset_train_config("fast")

@@ -1,0 +1,153 @@
+"""The whole study in one command: the raw base model, then every arm x size x repeat, under one parent run.
+
+All runs of a study share the tag ``segft.study_id``, a digest of the study's settings and data, and hang under
+one parent run so the MLflow UI shows the study as a tree. Started again with the same settings, a study reuses
+every run that already finished (and its registered model) instead of training it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from segft import tracking
+from segft.config import StudyConfig, TrainConfig
+from segft.data.study import StudySplit, load_study, split_study
+from segft.models import build_model
+from segft.runs import RunResult, _train_base, load_base_model, train_and_log
+from segft.training import resolve_device
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One child run of a study: an arm trained with ``n_images`` Dataset 2 images in repeat ``repeat``."""
+
+    arm: str
+    n_images: int
+    repeat: int
+    pool_indices: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """Stable identity within a study, stored as the run's ``segft.run_key`` tag."""
+        return f"{self.arm}/n{self.n_images}/r{self.repeat}"
+
+
+def study_id(config: StudyConfig, data_digest: str) -> str:
+    """Digest of everything that determines the study's results (not where its report goes)."""
+    settings = dataclasses.asdict(dataclasses.replace(config, report_dir=""))
+    text = json.dumps(settings, sort_keys=True, default=str) + data_digest
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def draw_pool_indices(pool_size: int, sizes: tuple[int, ...], repeat: int, seed: int, resample: bool) -> dict[int, tuple[int, ...]]:
+    """Which pool images each size uses in one repeat; every larger size contains the smaller ones.
+
+    Repeat 0 (and every repeat when ``resample`` is off) takes the first ``n`` images, as the original protocol
+    does; other repeats take the first ``n`` of a random permutation seeded by ``(seed, repeat)``.
+    """
+    order = np.arange(pool_size)
+    if resample and repeat > 0:
+        order = np.random.default_rng([seed, repeat]).permutation(pool_size)
+    return {n: tuple(sorted(int(i) for i in order[:n])) for n in sizes}
+
+
+def plan_runs(config: StudyConfig, pool_size: int) -> list[PlannedRun]:
+    """Every child run of the study except the base model, in execution order (repeat, size, arm)."""
+    plan = []
+    for repeat in range(config.repeats):
+        subsets = draw_pool_indices(pool_size, config.sizes, repeat, config.train.seed, config.resample)
+        for n in sorted(config.sizes):
+            plan.extend(PlannedRun(arm, n, repeat, subsets[n]) for arm in config.arms)
+    return plan
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A finished study: its id, parent run and the child runs by key (``base``, ``finetune/n5/r0``, ...)."""
+
+    study_id: str
+    parent_run_id: str
+    runs: dict[str, RunResult]
+    reused: tuple[str, ...]
+
+
+def run_study(config: StudyConfig) -> StudyResult:
+    """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts."""
+    train = config.train
+    study = load_study(train.data_dir)
+    split = split_study(study, train.split)
+    for n in config.sizes:
+        split.finetune_subset(n)
+    digest = study.digest()
+    sid = study_id(config, digest)
+    device = resolve_device(train.device)
+    plan = plan_runs(config, len(split.finetune_pool))
+    finished = {key: _as_result(run) for key, run in tracking.finished_study_runs(sid).items()}
+    parent_tags = {tracking.ROLE_TAG: "study", tracking.STUDY_TAG: sid, tracking.DIGEST_TAG: digest}
+    results: dict[str, RunResult] = {}
+    with tracking.start_run(f"study-{sid}", parent_tags, run_id=tracking.find_study_parent(sid)) as parent:
+        tracking.log_params({**tracking.flatten_config(config), "data_digest": digest, "study_id": sid})
+        tracking.log_study_data(split)
+        child_tags = {tracking.STUDY_TAG: sid}
+        if "base" in finished:
+            results["base"] = finished["base"]
+        else:
+            results["base"] = _train_base(train, config.registry, split, digest, nested=True,
+                                          extra_tags={**child_tags, tracking.RUN_KEY_TAG: "base", tracking.ARM_TAG: "raw"})
+        for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
+            if planned.key in finished:
+                results[planned.key] = finished[planned.key]
+                continue
+            results[planned.key] = _run_arm(planned, config, split, digest, results["base"].model_uri, device,
+                                            {**child_tags, tracking.RUN_KEY_TAG: planned.key})
+    return StudyResult(sid, parent.info.run_id, results, tuple(key for key in results if key in finished))
+
+
+def _as_result(run) -> RunResult:
+    metrics = {name: value for name, value in run.data.metrics.items() if name.startswith("test_dice_")}
+    return RunResult(run_id=run.info.run_id, model_uri=run.data.tags[tracking.MODEL_URI_TAG], test_dice=metrics)
+
+
+def _run_arm(
+    planned: PlannedRun, config: StudyConfig, split: StudySplit, digest: str, base_uri: str,
+    device: torch.device, tags: dict[str, str],
+) -> RunResult:
+    train_config: TrainConfig = dataclasses.replace(config.train, seed=config.train.seed + planned.repeat)
+    dataset2_images = split.finetune_pool.subset(planned.pool_indices)
+    torch.manual_seed(train_config.seed)
+    if planned.arm == "scratch":
+        model = build_model(train_config.model)
+    else:
+        model, model_config = load_base_model(base_uri, device)
+        train_config = dataclasses.replace(train_config, model=model_config)
+    train_set = dataset2_images
+    if planned.arm == "joint":
+        train_set = dataclasses.replace(
+            dataset2_images,
+            name="joint",
+            names=tuple(f"dataset1/{n}" for n in split.base_train.names)
+            + tuple(f"dataset2/{n}" for n in dataset2_images.names),
+            images=split.base_train.images + dataset2_images.images,
+            masks=split.base_train.masks + dataset2_images.masks,
+        )
+    return train_and_log(
+        role=planned.arm,
+        model=model,
+        config=train_config,
+        train_set=train_set,
+        split=split,
+        digest=digest,
+        registered_name=config.registry.finetuned_model_name,
+        extra_params={"n_images": planned.n_images, "repeat": planned.repeat, "arm": planned.arm,
+                      "base_model_uri": "" if planned.arm == "scratch" else base_uri},
+        nested=True,
+        extra_tags={**tags, tracking.ARM_TAG: planned.arm, tracking.REPEAT_TAG: str(planned.repeat)},
+        run_name=f"{planned.arm}-n{planned.n_images}-r{planned.repeat}",
+    )
