@@ -11,8 +11,10 @@ shift that fine-tuning must fix:
 
 * Dataset 1, fluorescence-like: dark background (about 20), bright textured cell with a faint glow (about 160),
   faint bright walls, slight blur, Poisson shot noise plus Gaussian read noise.
-* Dataset 2, phase-contrast-like: mid-grey background (about 130) under uneven illumination, a darker textured
-  cell (about 70) with a bright halo around it, dark walls flanked by bright halos, Gaussian noise.
+* Dataset 2, brightfield-like: grey background (90-130) under uneven illumination, bright thick walls, a faint
+  textured cell (12-40 above the background, varying per image) with a bright rim, bright round debris outside
+  the tube, stronger blur and noise. The cell stays brighter than its surroundings, so the two datasets do not
+  contradict each other (a model can segment both), but the brightest structures are no longer cells.
 
 Every image draws from its own generator seeded with (seed, dataset, image index), so an image does not depend on
 how many images were asked for, and the same seed gives byte-identical arrays.
@@ -29,12 +31,12 @@ import numpy as np
 from segft.data.imageset import ImageSet, StudyData
 
 HEIGHT, WIDTH = 558, 136
-VERSION = "microtube-v1"
+VERSION = "microtube-v2"
 _FRACTION_RANGE = (0.125, 0.205)
 
 
 def make_microtube_study(seed: int = 0, n_images: int = 31) -> StudyData:
-    """Both synthetic datasets: Dataset 1 (fluorescence-like) and Dataset 2 (phase-contrast-like).
+    """Both synthetic datasets: Dataset 1 (fluorescence-like) and Dataset 2 (brightfield-like).
 
     Args:
         seed: Non-negative seed; the same seed gives identical data.
@@ -55,7 +57,7 @@ def make_microtube_study(seed: int = 0, n_images: int = 31) -> StudyData:
 
 def _make_set(seed: int, dataset: int, n_images: int) -> ImageSet:
     """Dataset 1 or 2: same shape generator, the dataset's own renderer, one generator per image."""
-    render = _render_fluorescence if dataset == 1 else _render_phase_contrast
+    render = _render_fluorescence if dataset == 1 else _render_brightfield
     names, images, masks = [], [], []
     for index in range(n_images):
         rng = np.random.default_rng([seed, dataset, index])
@@ -148,18 +150,29 @@ def _render_fluorescence(rng: np.random.Generator, mask: np.ndarray, tube: _Tube
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _render_phase_contrast(rng: np.random.Generator, mask: np.ndarray, tube: _Tube) -> np.ndarray:
-    """Mid-grey background, darker cell with a bright halo, dark walls with halos, uneven light, noise."""
-    cell = _blur(mask.astype(np.float32), 1.0)
-    halo = np.clip(_blur(mask.astype(np.float32), 4.0) - cell, 0, None) * 2.0
-    texture = 1 + 0.20 * _smooth_noise(rng, mask.shape, 10) + 0.12 * _smooth_noise(rng, mask.shape, 3)
+def _render_brightfield(rng: np.random.Generator, mask: np.ndarray, tube: _Tube) -> np.ndarray:
+    """Grey background under uneven light, bright thick walls, a faint textured cell with a bright rim,
+    bright debris outside the tube, stronger noise.
+
+    The cell stays (a little) brighter than its surroundings, so nothing here contradicts Dataset 1 and a model
+    can learn both; but its contrast is low and varies from image to image, while the walls and debris are now
+    the brightest structures: a model trained on Dataset 1 alone mistakes them for cells and misses faint cells.
+    """
+    cell = _blur(mask.astype(np.float32), 1.2)
+    rim = np.clip(cell - _blur(cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32), 2.0), 0, 1)
+    texture = 1 + 0.35 * _smooth_noise(rng, mask.shape, 8) + 0.2 * _smooth_noise(rng, mask.shape, 3)
     ys, xs = np.linspace(-1, 1, HEIGHT)[:, None], np.linspace(-1, 1, WIDTH)[None, :]
-    light = 1 + rng.uniform(-0.12, 0.12) * ys + rng.uniform(-0.08, 0.08) * xs
-    light = light + 0.05 * _smooth_noise(rng, mask.shape, 120)
-    halos = _line(tube.wall_distance(-3.5), 1.5) + _line(tube.wall_distance(3.5), 1.5)
-    walls = rng.uniform(20, 40) * halos - rng.uniform(40, 70) * _line(tube.wall_distance(), tube.thickness)
-    image = rng.uniform(115, 145) + walls - rng.uniform(35, 65) * cell * texture + rng.uniform(35, 60) * halo
-    image = _blur(image * light, 0.7) + rng.normal(0, rng.uniform(4.0, 7.0), mask.shape)
+    light = 1 + rng.uniform(-0.2, 0.2) * ys + rng.uniform(-0.15, 0.15) * xs + 0.08 * _smooth_noise(rng, mask.shape, 100)
+    walls = rng.uniform(50, 90) * _line(tube.wall_distance(), tube.thickness * rng.uniform(1.5, 2.5))
+    debris = np.zeros(mask.shape, np.float32)
+    outside = np.abs(_axis_offset(tube.centre, tube.slope)) > tube.half + 12
+    for _ in range(int(rng.integers(1, 5))):
+        rows, cols = np.nonzero(outside)
+        k = int(rng.integers(len(rows)))
+        cv2.circle(debris, (int(cols[k]), int(rows[k])), int(rng.integers(4, 10)), 1.0, -1)
+    image = rng.uniform(90, 130) + walls + rng.uniform(40, 80) * _blur(debris, 1.5)
+    image = image + rng.uniform(12, 40) * cell * texture + rng.uniform(15, 35) * rim
+    image = _blur(image * light, rng.uniform(0.6, 1.4)) + rng.normal(0, rng.uniform(5.0, 9.0), mask.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
@@ -206,7 +219,7 @@ def write_study(study: StudyData, out_dir: str | Path) -> Path:
     (out_dir / "README.txt").write_text(
         f"Synthetic microtube study ({study.dataset1.source}), written by segft.data.synthetic.\n"
         f"dataset1: {len(study.dataset1)} fluorescence-like images (bright cell, dark background).\n"
-        f"dataset2: {len(study.dataset2)} phase-contrast-like images (dark cell with bright halo, grey background).\n"
+        f"dataset2: {len(study.dataset2)} brightfield-like images (faint cell with bright rim, bright walls and debris, grey background).\n"
         f"Each folder holds images/<name>.png (8-bit grey, {height} x {width} px) and masks/<name>.png "
         f"(0 = background, 255 = cell), paired by name.\nContent digest: {study.digest()}\n"
     )

@@ -1,0 +1,115 @@
+"""Interactive plotly figures of a study: Dice against the number of fine-tuning images, and forgetting.
+
+Each line carries its confidence interval as a shaded band (a closed polygon drawn with ``fill="toself"``) in the
+same legend group, so clicking a legend entry hides the line and its band together.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.query import RAW_ARM
+from analysis.summary import DATASET1, FORGETTING_TOLERANCE
+
+#: Arms that start from the base model: at 0 Dataset 2 images they are the raw model.
+FROM_BASE = ("finetune", "joint")
+ARM_COLOURS = {"finetune": "#0072B2", "scratch": "#D55E00", "joint": "#009E73"}  # Okabe-Ito, colour-blind safe
+DATASET_DASH = {DATASET1: "dot"}
+X_TITLE = "Dataset 2 images used for training"
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _add_line(fig: go.Figure, points: pd.DataFrame, y: str, name: str, colour: str, dash: str) -> None:
+    """A line through ``points[y]`` with its ``ci_low``..``ci_high`` band; ``points`` sorted by n_images."""
+    x = points["n_images"].tolist()
+    fig.add_trace(go.Scatter(
+        x=x + x[::-1], y=points["ci_high"].tolist() + points["ci_low"].tolist()[::-1], fill="toself",
+        fillcolor=_rgba(colour, 0.15), line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name,
+        name=f"{name} 95% CI",
+    ))
+    fig.add_trace(go.Scatter(
+        x=x, y=points[y], mode="lines+markers", name=name, legendgroup=name, line={"color": colour, "dash": dash},
+        customdata=points[["ci_low", "ci_high"]], hovertemplate="n=%{x}: %{y:.3f} [%{customdata[0]:.3f}, "
+        "%{customdata[1]:.3f}]<extra>" + name + "</extra>",
+    ))
+
+
+def _colour(arm: str) -> str:
+    return ARM_COLOURS.get(arm, "#555555")
+
+
+def _x_axis(fig: go.Figure, sizes: list[int]) -> None:
+    fig.update_xaxes(title_text=X_TITLE, tickvals=sorted({0, *sizes}), range=[-0.5, max([0, *sizes]) + 0.5])
+
+
+def _check(table: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"{what} table is empty or lacks columns {missing}")
+
+
+def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
+    """Mean test Dice against the number of Dataset 2 training images, one line per dataset × arm.
+
+    Arms that start from the base model (finetune, joint) begin at x = 0 with the raw model; scratch has no
+    0 point. Dataset 1 lines are dotted, Dataset 2 lines solid; bands are 95 % bootstrap CIs.
+
+    Args:
+        summary: Output of ``analysis.summary.summarize``.
+
+    Raises:
+        ValueError: If ``summary`` is empty or lacks the needed columns.
+    """
+    _check(summary, ["arm", "n_images", "dataset", "mean", "ci_low", "ci_high"], "summary")
+    fig = go.Figure()
+    raw = summary[summary["arm"] == RAW_ARM]
+    for (arm, dataset), points in summary[summary["arm"] != RAW_ARM].groupby(["arm", "dataset"], sort=True):
+        if arm in FROM_BASE:
+            points = pd.concat([raw[raw["dataset"] == dataset], points])
+        _add_line(fig, points.sort_values("n_images"), "mean", f"{arm} · {dataset}", _colour(arm),
+                  DATASET_DASH.get(dataset, "solid"))
+    if summary["arm"].eq(RAW_ARM).all():  # a study with only the raw model: show it as points
+        for dataset, points in raw.groupby("dataset"):
+            _add_line(fig, points, "mean", f"raw · {dataset}", "#555555", DATASET_DASH.get(dataset, "solid"))
+    fig.update_layout(title="Test Dice vs number of Dataset 2 training images (mean, 95% bootstrap CI)",
+                      yaxis_title="Dice (mean over repeats × test images)", hovermode="closest",
+                      legend_title_text="arm · test set")
+    fig.update_yaxes(range=[0, 1.02])
+    _x_axis(fig, summary["n_images"].tolist())
+    return fig
+
+
+def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_TOLERANCE) -> go.Figure:
+    """Dataset 1 paired change of Dice against the raw model, one line per arm, with CI bands.
+
+    The zero line is no change; dashed lines at ±``tolerance`` mark the band within which the study calls the
+    change "no forgetting". Arms from the base model start at (0, 0): there they are the raw model.
+
+    Args:
+        change: Output of ``analysis.summary.paired_change``.
+        tolerance: Where to draw the guide lines.
+
+    Raises:
+        ValueError: If ``change`` is empty or lacks the needed columns.
+    """
+    _check(change, ["arm", "n_images", "dataset", "mean_change", "ci_low", "ci_high"], "paired change")
+    fig = go.Figure()
+    dataset1 = change[change["dataset"] == DATASET1]
+    for arm, points in dataset1.groupby("arm", sort=True):
+        if arm in FROM_BASE:
+            start = pd.DataFrame([{"n_images": 0, "mean_change": 0.0, "ci_low": 0.0, "ci_high": 0.0}])
+            points = pd.concat([start, points])
+        _add_line(fig, points.sort_values("n_images"), "mean_change", arm, _colour(arm), "solid")
+    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    for y in (tolerance, -tolerance):
+        fig.add_hline(y=y, line={"color": "grey", "dash": "dash", "width": 1},
+                      annotation_text=f"{y:+.2f}", annotation_position="right")
+    fig.update_layout(title="Forgetting: Dataset 1 Dice change vs the raw model (paired per test image, 95% CI)",
+                      yaxis_title="Δ Dice on Dataset 1 (arm − raw)", legend_title_text="arm")
+    _x_axis(fig, change["n_images"].tolist())
+    return fig

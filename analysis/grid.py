@@ -1,0 +1,197 @@
+"""The overlay comparison grid of the original study, as one RGB image.
+
+One row per chosen test image: Original | Raw | one column per fine-tuning size (ascending) | Ground truth. Each
+prediction is drawn as its contour over the grey image (``cv2.findContours`` / ``cv2.drawContours``), the ground
+truth as a contour of its own colour. Images come from the study parent's ``test_data/`` artifacts, predictions
+from each child run's ``predictions/`` artifacts, both read through the MLflow client.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from analysis.query import RAW_ARM, download
+
+PREDICTION_COLOUR = (255, 215, 0)  # yellow
+TRUTH_COLOUR = (0, 230, 255)  # cyan
+BACKGROUND = 255
+GAP = 4
+HEADER_HEIGHT = 26
+LABEL_WIDTH = 22
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One test image: its label, grey image (H, W) uint8, predicted masks (one per prediction column), truth,
+    and optionally each prediction's Dice, written on its panel."""
+
+    label: str
+    image: np.ndarray
+    predictions: tuple[np.ndarray, ...]
+    truth: np.ndarray
+    dice: tuple[float, ...] = ()
+
+
+def contour_panel(grey: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 2) -> np.ndarray:
+    """``grey`` (H, W) uint8 as RGB with the outline of ``mask`` (H, W, nonzero = foreground) drawn in ``colour``.
+
+    Raises:
+        ValueError: If the image and mask shapes differ or the image is not 2-D.
+    """
+    if grey.ndim != 2 or grey.shape != mask.shape:
+        raise ValueError(f"need a 2-D image and a mask of the same shape, got {grey.shape} and {mask.shape}")
+    panel = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return cv2.drawContours(panel, contours, -1, colour, thickness)
+
+
+def _text(text: str, width: int, height: int) -> np.ndarray:
+    """A white (height, width, 3) strip with ``text`` centred in black, shrunk to fit."""
+    strip = np.full((height, width, 3), BACKGROUND, np.uint8)
+    (w1, h1), _ = cv2.getTextSize(text, FONT, 1.0, 1)
+    scale = min(0.5, (width - 6) / max(w1, 1), (height - 8) / max(h1, 1))
+    (w, h), _ = cv2.getTextSize(text, FONT, scale, 1)
+    cv2.putText(strip, text, ((width - w) // 2, (height + h) // 2), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _caption(panel: np.ndarray, text: str) -> np.ndarray:
+    """Write ``text`` in white on a black box in the panel's top-left corner."""
+    (w1, _), _ = cv2.getTextSize(text, FONT, 1.0, 1)
+    scale = min(0.4, (panel.shape[1] - 6) / max(w1, 1))
+    (w, h), _ = cv2.getTextSize(text, FONT, scale, 1)
+    panel[: h + 8, : w + 6] = 0
+    cv2.putText(panel, text, (3, h + 4), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return panel
+
+
+def _pad(panel: np.ndarray, height: int, width: int) -> np.ndarray:
+    out = np.full((height, width, 3), BACKGROUND, np.uint8)
+    out[: panel.shape[0], : panel.shape[1]] = panel
+    return out
+
+
+def _hstack(parts: list[np.ndarray]) -> np.ndarray:
+    gap = np.full((parts[0].shape[0], GAP, 3), BACKGROUND, np.uint8)
+    return np.concatenate([p for part in parts for p in (part, gap)][:-1], axis=1)
+
+
+def compose_grid(rows: list[GridRow], headers: list[str]) -> np.ndarray:
+    """Lay the rows out under the column headers, each row labelled on its left (text rotated).
+
+    Args:
+        rows: The test images; every row has ``len(headers) - 2`` predictions.
+        headers: Column titles: original, one per prediction, ground truth.
+
+    Returns:
+        (H, W, 3) uint8 RGB. Panels are padded to the largest image; with panels of h × w and c columns,
+        ``W = LABEL_WIDTH + c * w + (c - 1) * GAP`` and ``H = HEADER_HEIGHT + len(rows) * (h + GAP)``.
+
+    Raises:
+        ValueError: If there are no rows or a row's prediction count does not match the headers.
+    """
+    if not rows:
+        raise ValueError("the grid needs at least one row")
+    for row in rows:
+        if len(row.predictions) != len(headers) - 2 or len(row.dice) not in (0, len(row.predictions)):
+            raise ValueError(f"row {row.label!r} has {len(row.predictions)} predictions and {len(row.dice)} Dice "
+                             f"values for {len(headers)} columns (original + predictions + ground truth)")
+    height = max(r.image.shape[0] for r in rows)
+    width = max(r.image.shape[1] for r in rows)
+    lines = [np.concatenate([np.full((HEADER_HEIGHT, LABEL_WIDTH, 3), BACKGROUND, np.uint8),
+                             _hstack([_text(h, width, HEADER_HEIGHT) for h in headers])], axis=1)]
+    for row in rows:
+        panels = [np.repeat(row.image.astype(np.uint8)[..., None], 3, axis=2)]
+        predicted = [contour_panel(row.image, mask, PREDICTION_COLOUR) for mask in row.predictions]
+        panels += [_caption(p, f"Dice {d:.2f}") for p, d in zip(predicted, row.dice)] + predicted[len(row.dice):]
+        panels.append(contour_panel(row.image, row.truth, TRUTH_COLOUR))
+        label = np.rot90(_text(row.label, height, LABEL_WIDTH)).copy()
+        line = np.concatenate([label, _hstack([_pad(p, height, width) for p in panels])], axis=1)
+        lines += [np.full((GAP, line.shape[1], 3), BACKGROUND, np.uint8), line]
+    return np.concatenate(lines, axis=0)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return image
+
+
+def _columns(tidy: pd.DataFrame, arm: str, repeat: int) -> list[tuple[str, str]]:
+    """``(header, run_id)`` of the raw model, then of ``arm`` at ``repeat`` for every size, ascending."""
+    raw = tidy.loc[tidy["arm"] == RAW_ARM, "run_id"].unique()
+    if len(raw) != 1:
+        raise ValueError(f"the grid needs exactly one raw-model run, found {len(raw)}")
+    runs = tidy[(tidy["arm"] == arm) & (tidy["repeat"] == repeat)].drop_duplicates("n_images").sort_values("n_images")
+    suffix = "" if arm == "finetune" else f" ({arm})"
+    sizes = [(f"{n} image{'s' * (n != 1)}{suffix}", run) for n, run in zip(runs["n_images"], runs["run_id"])]
+    return [("Raw", raw[0]), *sizes]
+
+
+def load_grid(
+    client: MlflowClient, parent_run_id: str, tidy: pd.DataFrame, grid_images: int = 2,
+    images: dict[str, list[str]] | None = None, arm: str = "finetune", repeat: int = 0,
+) -> tuple[list[str], list[GridRow]]:
+    """Headers and rows of a study's grid, read through the client.
+
+    Args:
+        client: Client of the study's tracking store.
+        parent_run_id: The study's parent run (holds ``test_data/<dataset>/{images,masks}/<name>.png``).
+        tidy: The study's tidy table (which run is raw, which is ``arm`` at each size).
+        grid_images: Test images per dataset when ``images`` is None: the first ones by name.
+        images: ``{dataset: [image names]}`` to show instead.
+        arm: The arm whose predictions fill the size columns.
+        repeat: The repeat of that arm.
+
+    Raises:
+        ValueError: If ``grid_images`` < 1, the study lacks test data, a raw run or predictions.
+    """
+    if grid_images < 1:
+        raise ValueError(f"grid_images must be >= 1, got {grid_images}")
+    if images is None:
+        datasets = sorted(Path(f.path).name for f in client.list_artifacts(parent_run_id, "test_data") if f.is_dir)
+        if not datasets:
+            raise ValueError(f"study parent run {parent_run_id} has no test_data/ artifacts to draw the grid from")
+        images = {d: sorted(Path(f.path).stem for f in client.list_artifacts(parent_run_id, f"test_data/{d}/images"))
+                  [:grid_images] for d in datasets}
+    columns = _columns(tidy, arm, repeat)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def get(run: str, path: str) -> np.ndarray:
+            return _read_mask(download(client, run, path, Path(tmp) / run))
+
+        for dataset, names in images.items():
+            for name in names:
+                scores = tidy[(tidy["dataset"] == dataset) & (tidy["image"] == name)].set_index("run_id")["dice"]
+                rows.append(GridRow(
+                    label=f"{dataset}/{name}",
+                    image=get(parent_run_id, f"test_data/{dataset}/images/{name}.png"),
+                    predictions=tuple(get(run, f"predictions/{dataset}/{name}.png") for _, run in columns),
+                    truth=get(parent_run_id, f"test_data/{dataset}/masks/{name}.png"),
+                    dice=tuple(float(scores.get(run, np.nan)) for _, run in columns),
+                ))
+    return ["Original"] + [header for header, _ in columns] + ["Ground truth"], rows
+
+
+def write_png(grid: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB uint8 grid as PNG.
+
+    Raises:
+        ValueError: If the array is not (H, W, 3) uint8 or cannot be written.
+    """
+    if grid.ndim != 3 or grid.shape[2] != 3 or grid.dtype != np.uint8:
+        raise ValueError(f"need an (H, W, 3) uint8 RGB array, got {grid.shape} {grid.dtype}")
+    path = Path(path)
+    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"cannot write {path}")
+    return path

@@ -1,0 +1,148 @@
+"""Find a study in the tracking store and read its runs back as one tidy table of per-image Dice.
+
+Everything goes through ``MlflowClient`` (runs, params, tags and artifacts), so the analysis reads a local
+store and a remote ``mlflow server`` alike. The tags and artifacts read here are the ones ``segft.tracking``
+writes: ``segft.role`` = ``study`` on the parent run, ``segft.study_id``, ``segft.run_key`` and ``segft.arm`` on
+every child, and each child's ``evaluation/per_image_dice.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from segft.tracking import ARM_TAG, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
+
+#: The arm of the base model, evaluated as it is (no Dataset 2 images).
+RAW_ARM = "raw"
+EVALUATION_CSV = "evaluation/per_image_dice.csv"
+TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's parent run and its finished child runs (one per ``segft.run_key``, the newest)."""
+
+    study_id: str
+    parent: Run
+    children: tuple[Run, ...]
+
+
+def _search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string``, newest first, following MLflow's pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
+    if not experiment:
+        return [e.experiment_id for e in client.search_experiments()]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(f"no experiment named {experiment!r} in tracking store {client.tracking_uri}")
+    return [found.experiment_id]
+
+
+def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str = "") -> Run:
+    """The parent run of study ``study_id``, or of the newest study when ``study_id`` is empty.
+
+    Args:
+        client: Client of the tracking store to search.
+        study_id: The study's ``segft.study_id`` tag; empty for the newest study.
+        experiment: Experiment name to search; empty for all experiments.
+
+    Raises:
+        ValueError: If ``study_id`` is malformed, or the experiment or a matching study parent run does not exist.
+    """
+    if study_id and not re.fullmatch(r"[0-9A-Za-z_-]+", study_id):
+        raise ValueError(f"study id must be letters, digits, '_' or '-' (e.g. 8ec8fb0ecc7b), got {study_id!r}")
+    query = f"tags.`{ROLE_TAG}` = 'study'"
+    if study_id:
+        query += f" and tags.`{STUDY_TAG}` = '{study_id}'"
+    runs = _search_runs(client, _experiment_ids(client, experiment), query)
+    if not runs:
+        what = f"study {study_id!r}" if study_id else "study"
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise ValueError(f"no {what} parent run (tag {ROLE_TAG}=study) in {where} of tracking store "
+                         f"{client.tracking_uri}; run `segft study` first or check --tracking-uri")
+    return runs[0]
+
+
+def load_study(client: MlflowClient, study_id: str = "", experiment: str = "") -> Study:
+    """Find a study (see ``find_study_parent``) and its finished child runs, one per run key (newest wins).
+
+    Raises:
+        ValueError: If there is no such study, or it has no finished child runs.
+    """
+    parent = find_study_parent(client, study_id, experiment)
+    sid = parent.data.tags[STUDY_TAG]
+    runs = _search_runs(client, [parent.info.experiment_id],
+                        f"tags.`{STUDY_TAG}` = '{sid}' and attributes.status = 'FINISHED'")
+    children: dict[str, Run] = {}
+    for run in runs:
+        key = run.data.tags.get(RUN_KEY_TAG)
+        if key and run.data.tags.get(ROLE_TAG) != "study" and key not in children:
+            children[key] = run
+    if not children:
+        raise ValueError(f"study {sid} (parent run {parent.info.run_id}) has no finished child runs yet")
+    return Study(sid, parent, tuple(children.values()))
+
+
+def run_coordinates(run: Run) -> dict[str, object]:
+    """A child run's place in the study: run_id, arm, n_images, repeat (the raw model: ``raw``, 0, 0)."""
+    tags, params = run.data.tags, run.data.params
+    arm = tags.get(ARM_TAG) or (RAW_ARM if tags.get(RUN_KEY_TAG) == "base" else tags.get(ROLE_TAG, ""))
+    return {"run_id": run.info.run_id, "arm": arm, "n_images": int(params.get("n_images", 0)),
+            "repeat": int(params.get("repeat", 0))}
+
+
+def download(client: MlflowClient, run_id: str, path: str, destination: str | Path) -> Path:
+    """Download a run's artifact file or folder through the client; returns its local path.
+
+    MLflow draws a progress bar per download unless told otherwise; a report downloads dozens of small files,
+    so the bar is off here unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` themselves.
+
+    Raises:
+        ValueError: If the artifact cannot be downloaded (missing, or the store refuses).
+    """
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    try:
+        with mock.patch.dict(os.environ, {name: os.environ.get(name, "false")}):
+            return Path(client.download_artifacts(run_id, path, str(destination)))
+    except Exception as error:  # each artifact store raises its own types
+        raise ValueError(f"cannot download artifact {path!r} of run {run_id}: {error}") from error
+
+
+def tidy_table(client: MlflowClient, study: Study) -> pd.DataFrame:
+    """One row per (child run, dataset, test image), with columns ``TIDY_COLUMNS``.
+
+    Raises:
+        ValueError: If a run's evaluation table is missing or lacks the dataset/image/dice columns.
+    """
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in study.children:
+            local = download(client, run.info.run_id, EVALUATION_CSV, tmp)
+            # Image names such as "004" must stay strings.
+            table = pd.read_csv(local, dtype={"dataset": str, "image": str})
+            local.unlink()
+            missing = {"dataset", "image", "dice"} - set(table.columns)
+            if missing:
+                raise ValueError(f"{EVALUATION_CSV} of run {run.info.run_id} lacks columns {sorted(missing)}")
+            frames.append(table[["dataset", "image", "dice"]].assign(**run_coordinates(run)))
+    tidy = pd.concat(frames, ignore_index=True)[TIDY_COLUMNS]
+    return tidy.sort_values(["arm", "n_images", "repeat", "dataset", "image"], ignore_index=True)

@@ -1,0 +1,191 @@
+"""A study's report: tables, figures, the overlay grid and the findings in one self-contained HTML page.
+
+``build_report`` reads the study through the MLflow client, writes ``<report_dir>/<study_id>/`` and logs that
+folder on the study's parent run under ``report/``; ``text_summary`` is what the terminal shows afterwards.
+The page opens offline: plotly.js is inlined once, the grid is a base64 data URI, nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+import plotly.graph_objects as go
+from mlflow import MlflowClient
+
+from analysis import figures, grid, query, summary
+from segft.config import ReportConfig
+
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """A written report and what it found.
+
+    Attributes:
+        study_id: The study's ``segft.study_id``.
+        parent_run_id: The study's parent run; the report is logged there under ``report/``.
+        experiment_id: The experiment holding the study.
+        tracking_uri: The tracking store read (MLflow's default resolved when none was given).
+        directory: Local folder holding the files below (``<report_dir>/<study_id>``).
+        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv, grid.png and figures.
+        tidy: One row per run × dataset × test image (``analysis.query.TIDY_COLUMNS``).
+        summary: ``analysis.summary.summarize`` of ``tidy``.
+        paired_change: ``analysis.summary.paired_change`` of ``tidy``.
+        findings: ``analysis.summary.findings`` of ``tidy``.
+    """
+
+    study_id: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    directory: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    tidy: pd.DataFrame = field(default_factory=pd.DataFrame)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paired_change: pd.DataFrame = field(default_factory=pd.DataFrame)
+    findings: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def html(self) -> Path:
+        """The report page."""
+        return self.files["report.html"]
+
+
+def _runs_table(study: query.Study) -> pd.DataFrame:
+    rows = [{"run_key": run.data.tags.get(query.RUN_KEY_TAG, ""), **query.run_coordinates(run),
+             **{k: round(v, 4) for k, v in sorted(run.data.metrics.items()) if k.startswith("test_dice_")}}
+            for run in study.children]
+    return pd.DataFrame(rows).sort_values(["arm", "n_images", "repeat"], key=summary.arm_first, ignore_index=True)
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
+
+
+def _findings_table(found: pd.DataFrame) -> pd.DataFrame:
+    verdict = {True: "yes", False: "no", None: "not tested"}
+    return found.assign(holds=found["holds"].map(lambda h: verdict[None if pd.isna(h) else bool(h)]))
+
+
+def _without_password(uri: str) -> str:
+    """The URI without user info: the page is logged to the server and may be shared."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
+
+
+def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: list[go.Figure], grid_png: bytes,
+          grid_note: str) -> str:
+    """The report page; plotly.js is inlined with the first figure only."""
+    plots = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG,
+                                  default_height="520px") for i, fig in enumerate(figs))
+    grid_uri = "data:image/png;base64," + base64.b64encode(grid_png).decode()
+    parameters = pd.DataFrame(sorted(params.items()), columns=["parameter", "value"])
+    e = html.escape
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>segft study {e(report.study_id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table.t {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }}
+table.t th, table.t td {{ padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: left; }}
+img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
+</style></head><body>
+<h1>segft study <code>{e(report.study_id)}</code></h1>
+<p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
+<code>{e(_without_password(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
+{len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
+<h2>Findings</h2>{_table_html(_findings_table(report.findings))}
+<h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
+<h2>Overlay comparison</h2><p>{e(grid_note)}</p><img class="grid" alt="overlay grid" src="{grid_uri}">
+<h2>Mean test Dice (95% percentile bootstrap CI over repeat × test image)</h2>{_table_html(report.summary)}
+<h2>Paired change against the raw model (per test image)</h2>{_table_html(report.paired_change)}
+<h2>Runs</h2>{_table_html(runs)}
+<h2>Study parameters</h2>{_table_html(parameters)}
+</body></html>
+"""
+
+
+def _grid_arm(tidy: pd.DataFrame) -> str:
+    arms = [a for a in ("finetune", "joint", "scratch") if (tidy["arm"] == a).any()]
+    return arms[0] if arms else "finetune"
+
+
+def build_report(config: ReportConfig) -> Report:
+    """Read a study back through MLflow, write its report folder and log it on the study's parent run.
+
+    Args:
+        config: Tracking store, study (or the newest), output folder and grid size.
+
+    Returns:
+        The report: where its files are, and its summary, paired change and findings tables.
+
+    Raises:
+        ValueError: If the study cannot be found or its runs lack what the report needs.
+    """
+    client = MlflowClient(config.tracking_uri or None)
+    study = query.load_study(client, config.study_id, config.experiment)
+    tidy = query.tidy_table(client, study)
+    parent = study.parent
+    folder = Path(config.report_dir) / study.study_id
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(study.study_id, parent.info.run_id, parent.info.experiment_id, client.tracking_uri, folder,
+                    tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
+                    findings=summary.findings(tidy))
+    files = report.files  # filled in as they are written
+    for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
+                        ("paired_change.csv", report.paired_change)):
+        table.to_csv(folder / name, index=False)
+        files[name] = folder / name
+    figs = {"dice_vs_images.html": figures.dice_vs_images(report.summary),
+            "forgetting.html": figures.forgetting(report.paired_change)}
+    for name, fig in figs.items():
+        fig.write_html(folder / name, include_plotlyjs=True, config=PLOTLY_CONFIG)
+        files[name] = folder / name
+    arm = _grid_arm(tidy)
+    headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
+    files["grid.png"] = grid.write_png(grid.compose_grid(rows, headers), folder / "grid.png")
+    note = (f"Predictions of the raw model and of arm '{arm}', repeat 0, at each size: yellow contours; "
+            "ground truth: cyan contour. Each prediction panel shows its Dice on that image.")
+    page = _page(report, parent.data.params, _runs_table(study), list(figs.values()),
+                 files["grid.png"].read_bytes(), note)
+    files["report.html"] = folder / "report.html"
+    files["report.html"].write_text(page, encoding="utf-8")
+    client.log_artifacts(parent.info.run_id, str(folder), "report")
+    return report
+
+
+def _ui_hint(report: Report) -> str:
+    path = f"#/experiments/{report.experiment_id}/runs/{report.parent_run_id}"
+    uri = _without_password(report.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return f"Browse the runs at {uri.rstrip('/')}/{path}"
+    return (f"Browse the runs: mlflow ui --backend-store-uri {uri}  "
+            f"then open http://127.0.0.1:5000/{path}")
+
+
+def text_summary(report: Report) -> str:
+    """A short terminal summary: mean Dice [95% CI] per arm × size × dataset, the findings, where the report is."""
+    table = report.summary
+    table = table.assign(cell=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                               zip(table["mean"], table["ci_low"], table["ci_high"])])
+    pivot = table.pivot(index=["arm", "n_images"], columns="dataset", values="cell").reset_index()
+    pivot = pivot.sort_values(["arm", "n_images"], key=summary.arm_first).rename(columns={"n_images": "n"})
+    pivot.columns.name = None
+    verdict = {True: "yes", False: "NO", None: "n/a"}
+    claims = [f"  [{verdict[None if pd.isna(r.holds) else bool(r.holds)]:>3}] {r.claim}: {r.evidence}"
+              for r in report.findings.itertuples()]
+    return "\n".join([
+        f"Study {report.study_id} (parent run {report.parent_run_id}): {report.tidy['run_id'].nunique()} runs",
+        "Mean test Dice [95% bootstrap CI]:",
+        pivot.to_string(index=False),
+        "Findings:",
+        *claims,
+        f"Report: {report.html} (also logged on the parent run under report/)",
+        _ui_hint(report),
+    ])

@@ -1,0 +1,287 @@
+"""The analysis package: bootstrap and paired tables on hand-made data, figures, the grid, and a full report
+built from a fake study logged into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import warnings
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from analysis import figures, grid, query, summary
+from analysis.report import build_report, text_summary
+from segft.config import ReportConfig
+
+
+def make_tidy(raw: dict[str, list[float]], runs: dict[tuple[str, int, str], list[list[float]]]) -> pd.DataFrame:
+    """Tidy table from ``raw[dataset] = [dice per image]``, ``runs[(arm, n, dataset)] = [[per image] per repeat]``."""
+    rows = [{"run_id": "raw", "arm": "raw", "n_images": 0, "repeat": 0, "dataset": d, "image": f"{i:03d}", "dice": v}
+            for d, values in raw.items() for i, v in enumerate(values)]
+    for (arm, n, dataset), repeats in runs.items():
+        for r, values in enumerate(repeats):
+            rows += [{"run_id": f"{arm}-{n}-{r}", "arm": arm, "n_images": n, "repeat": r, "dataset": dataset,
+                      "image": f"{i:03d}", "dice": v} for i, v in enumerate(values)]
+    return pd.DataFrame(rows, columns=query.TIDY_COLUMNS)
+
+
+# ---- bootstrap and summary ----
+
+@pytest.mark.parametrize("values", [[0.1, 0.5, 0.7, 0.2], [0.9, 0.95], [0.0, 1.0, 0.5, 0.5, 0.25, 0.75]])
+def test_bootstrap_ci_contains_mean_and_is_reproducible(values):
+    low, high = summary.bootstrap_ci(np.array(values))
+    assert low <= np.mean(values) <= high and low < high
+    assert summary.bootstrap_ci(np.array(values)) == (low, high)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.7], (0.7, 0.7)), ([0.3, 0.3, 0.3], (0.3, 0.3)), ([0.0] * 5, (0.0, 0.0)),
+])
+def test_bootstrap_ci_degenerate_is_the_value_without_warnings(values, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert summary.bootstrap_ci(np.array(values)) == expected
+
+
+@pytest.mark.parametrize("values, confidence, message", [
+    ([], 0.95, "at least one finite"), ([0.1, np.nan], 0.95, "at least one finite"), ([0.1, 0.2], 1.5, "confidence"),
+])
+def test_bootstrap_ci_rejects_bad_input(values, confidence, message):
+    with pytest.raises(ValueError, match=message):
+        summary.bootstrap_ci(np.array(values), confidence)
+
+
+def test_summarize_groups_arm_size_dataset():
+    tidy = make_tidy({"dataset1": [0.8, 0.6], "dataset2": [0.4, 0.4]},
+                     {("finetune", 5, "dataset2"): [[0.5, 0.7], [0.6, 0.8]]})
+    table = summary.summarize(tidy).set_index(["arm", "n_images", "dataset"])
+    row = table.loc[("finetune", 5, "dataset2")]
+    assert row["count"] == 4 and row["mean"] == pytest.approx(0.65)
+    assert row["std"] == pytest.approx(np.std([0.5, 0.7, 0.6, 0.8], ddof=1))
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    assert (table.loc[("raw", 0, "dataset2"), ["ci_low", "ci_high"]] == 0.4).all()
+
+
+@pytest.mark.parametrize("tidy, message", [
+    (pd.DataFrame(columns=query.TIDY_COLUMNS), "empty"),
+    (pd.DataFrame({"arm": ["raw"], "dice": [0.5]}), "lacks columns"),
+])
+def test_summarize_rejects_bad_tables(tidy, message):
+    with pytest.raises(ValueError, match=message):
+        summary.summarize(tidy)
+
+
+def test_paired_change_by_hand():
+    # raw: a=0.8, b=0.6; finetune n=5 r0: a=0.7, b=0.65; r1: a=0.75, b=0.5 -> changes -0.1, 0.05, -0.05, -0.1.
+    tidy = make_tidy({"dataset1": [0.8, 0.6]}, {("finetune", 5, "dataset1"): [[0.7, 0.65], [0.75, 0.5]]})
+    diffs = summary.paired_differences(tidy).sort_values(["repeat", "image"])
+    assert diffs["change"].tolist() == pytest.approx([-0.1, 0.05, -0.05, -0.1])
+    change = summary.paired_change(tidy)
+    assert len(change) == 1
+    row = change.iloc[0]
+    assert row["mean_change"] == pytest.approx(-0.05) and row["count"] == 4
+    assert row["ci_low"] <= row["mean_change"] <= row["ci_high"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({}, "no 'raw' rows"),
+    ({"dataset1": [0.8]}, "no Dice for dataset1/001"),
+])
+def test_paired_change_needs_the_raw_model_on_every_image(raw, message):
+    tidy = make_tidy(raw, {("finetune", 5, "dataset1"): [[0.7, 0.65]]})
+    with pytest.raises(ValueError, match=message):
+        summary.paired_change(tidy)
+
+
+def test_paired_change_rejects_two_raw_runs():
+    tidy = make_tidy({"dataset1": [0.8, 0.6]}, {("finetune", 5, "dataset1"): [[0.7, 0.65]]})
+    with pytest.raises(ValueError, match="exactly one raw run"):
+        summary.paired_change(pd.concat([tidy, tidy[tidy["arm"] == "raw"]]))
+
+
+# ---- findings ----
+
+def _study(raw1=0.8, raw2=0.4, ft_small=0.5, ft_large=0.8, ft1=(-0.01, -0.02), sizes=(5, 20)) -> pd.DataFrame:
+    """Two images, two repeats; Dataset 2 finetune Dice per size and Dataset 1 change from raw per size."""
+    runs = {}
+    for n, d2 in zip(sizes, (ft_small, ft_large)):
+        runs[("finetune", n, "dataset2")] = [[d2, d2 + 0.02], [d2 + 0.01, d2 + 0.03]]
+    for n, change in zip(sizes, ft1):
+        d1 = raw1 + change
+        runs[("finetune", n, "dataset1")] = [[d1, d1 + 0.02], [d1 + 0.01, d1 + 0.03]]
+    return make_tidy({"dataset1": [raw1, raw1 + 0.02], "dataset2": [raw2, raw2 + 0.02]}, runs)
+
+
+@pytest.mark.parametrize("tidy, expected", [
+    (_study(), [True, True, True]),
+    (_study(raw1=0.4, raw2=0.6), [False, True, True]),
+    (_study(ft_small=0.6, ft_large=0.6), [True, False, True]),
+    (_study(ft_small=0.7, ft_large=0.5), [True, False, True]),
+    (_study(ft1=(-0.01, -0.2)), [True, True, False]),
+    (_study(sizes=(5,)), [True, None, True]),
+])
+def test_findings(tidy, expected):
+    found = summary.findings(tidy)
+    assert len(found) == 3
+    assert [None if pd.isna(h) else bool(h) for h in found["holds"]] == expected
+
+
+def test_findings_names_the_sizes_that_forget():
+    evidence = summary.findings(_study(ft1=(-0.01, -0.2)))["evidence"].iloc[2]
+    assert "n = [20]" in evidence
+
+
+# ---- figures ----
+
+def _summary_and_change():
+    tidy = make_tidy({"dataset1": [0.8, 0.7], "dataset2": [0.4, 0.5]}, {
+        (arm, n, d): [[0.5 + 0.01 * n, 0.6], [0.55, 0.62]]
+        for arm in ("finetune", "scratch") for n in (5, 10) for d in ("dataset1", "dataset2")})
+    return summary.summarize(tidy), summary.paired_change(tidy)
+
+
+def _lines(fig):
+    return {t.name: t for t in fig.data if t.fill != "toself"}
+
+
+def test_dice_vs_images_has_a_line_and_band_per_arm_and_dataset():
+    fig = figures.dice_vs_images(_summary_and_change()[0])
+    lines = _lines(fig)
+    assert sorted(lines) == [f"{arm} · {d}" for arm in ("finetune", "scratch") for d in ("dataset1", "dataset2")]
+    assert sum(t.fill == "toself" for t in fig.data) == 4
+    assert list(lines["finetune · dataset2"].x) == [0, 5, 10]  # starts at the raw model
+    assert list(lines["scratch · dataset2"].x) == [5, 10]
+    assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_forgetting_has_arms_zero_and_tolerance_lines():
+    fig = figures.forgetting(_summary_and_change()[1], tolerance=0.05)
+    lines = _lines(fig)
+    assert sorted(lines) == ["finetune", "scratch"]
+    assert list(lines["finetune"].x) == [0, 5, 10] and lines["finetune"].y[0] == 0
+    assert sorted(shape.y0 for shape in fig.layout.shapes) == pytest.approx([-0.05, 0, 0.05])
+    assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+@pytest.mark.parametrize("make", [figures.dice_vs_images, figures.forgetting])
+def test_figures_reject_empty_tables(make):
+    with pytest.raises(ValueError, match="empty"):
+        make(pd.DataFrame())
+
+
+# ---- grid ----
+
+def _mask(shape, top):
+    mask = np.zeros(shape, np.uint8)
+    mask[top : top + 10, 4:12] = 255
+    return mask
+
+
+@pytest.mark.parametrize("n_rows, n_sizes, shape", [(1, 1, (40, 16)), (4, 4, (558, 136)), (2, 3, (30, 30))])
+def test_compose_grid_shape(n_rows, n_sizes, shape):
+    predictions = tuple(_mask(shape, 5) for _ in range(n_sizes + 1))
+    rows = [grid.GridRow(f"dataset1/{i:03d}", np.full(shape, 100, np.uint8), predictions, _mask(shape, 8),
+                         dice=(0.5,) * len(predictions)) for i in range(n_rows)]
+    headers = ["Original", "Raw"] + [f"{5 * (k + 1)} images" for k in range(n_sizes)] + ["Ground truth"]
+    image = grid.compose_grid(rows, headers)
+    columns = 2 + n_sizes + 1
+    assert image.dtype == np.uint8 and image.shape == (
+        grid.HEADER_HEIGHT + n_rows * (shape[0] + grid.GAP),
+        grid.LABEL_WIDTH + columns * shape[1] + (columns - 1) * grid.GAP, 3)
+
+
+def test_contour_panel_draws_the_outline_only():
+    mask = np.zeros((30, 30), np.uint8)
+    mask[5:25, 5:25] = 255
+    panel = grid.contour_panel(np.full((30, 30), 100, np.uint8), mask, (255, 0, 0), thickness=1)
+    assert tuple(panel[5, 10]) == (255, 0, 0) and tuple(panel[15, 15]) == (100, 100, 100)
+
+
+@pytest.mark.parametrize("rows, headers, message", [
+    ([], ["Original", "Ground truth"], "at least one row"),
+    ([grid.GridRow("x", np.zeros((8, 8), np.uint8), (np.zeros((8, 8)),), np.zeros((8, 8)))], ["a", "b"], "columns"),
+])
+def test_compose_grid_rejects_bad_rows(rows, headers, message):
+    with pytest.raises(ValueError, match=message):
+        grid.compose_grid(rows, headers)
+
+
+def test_write_png_round_trips(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (12, 7, 3), dtype=np.uint8)
+    path = grid.write_png(image, tmp_path / "g.png")
+    assert np.array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), image)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        grid.write_png(image[..., 0], tmp_path / "bad.png")
+
+
+# ---- a report from a real store ----
+
+class _Resources(HTMLParser):
+    """Every src/href of the tags that load something."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "link", "img", "iframe"):
+            self.urls += [value or "" for name, value in attrs if name in ("src", "href")]
+
+
+def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path):
+    uri, study_id, parent_run_id = fake_study_store
+    design = fake_study_design
+    report = build_report(ReportConfig(tracking_uri=uri, report_dir=str(tmp_path / "report"), grid_images=2))
+
+    assert (report.study_id, report.parent_run_id) == (study_id, parent_run_id)
+    n_test_images = len(design.datasets) * len(design.images)
+    assert len(report.tidy) == design.n_runs * n_test_images  # the FAILED duplicate is left out
+    assert set(report.tidy["image"]) == set(design.images)
+    assert (report.summary["ci_low"] <= report.summary["mean"] + 1e-12).all()
+    assert (report.summary["mean"] <= report.summary["ci_high"] + 1e-12).all()
+    assert len(report.summary) == (1 + len(design.arms) * len(design.sizes)) * len(design.datasets)
+    assert report.findings["holds"].tolist() == [True, True, True]
+
+    assert {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png", "dice_vs_images.html",
+            "forgetting.html"} <= set(report.files)
+    assert all(path.parent == tmp_path / "report" / study_id for path in report.files.values())
+    image = cv2.imread(str(report.files["grid.png"]))
+    columns = 2 + len(design.sizes) + 1
+    height, width = design.shape
+    assert image.shape == (grid.HEADER_HEIGHT + 2 * len(design.datasets) * (height + grid.GAP),
+                           grid.LABEL_WIDTH + columns * width + (columns - 1) * grid.GAP, 3)
+
+    page = report.html.read_text()
+    parser = _Resources()
+    parser.feed(page)
+    parser.close()
+    assert parser.urls and not [u for u in parser.urls if u.startswith(("http:", "https:", "//"))]
+    assert page.count("window.PlotlyConfig") == 1  # plotly.js inlined once
+    assert page.count('class="plotly-graph-div"') == 2
+    assert "data:image/png;base64," in page and "0123456789abcdef" in page
+
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent_run_id, "report")}
+    assert {f"report/{name}" for name in report.files} <= logged
+
+    text = text_summary(report)
+    assert study_id in text and str(report.html) in text and "mlflow ui" in text and "finetune" in text
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(study_id="000000000000"), "no study '000000000000'"),
+    (dict(experiment="no-such-experiment"), "no experiment named"),
+    (dict(study_id="x' or '1'='1"), "study id must be"),
+])
+def test_report_of_a_missing_study_is_a_clear_error(fake_study_store, tmp_path, config, message):
+    with pytest.raises(ValueError, match=message):
+        build_report(ReportConfig(tracking_uri=fake_study_store.tracking_uri, report_dir=str(tmp_path), **config))
+
+
+def test_load_study_picks_the_study_by_id(fake_study_store):
+    client = MlflowClient(fake_study_store.tracking_uri)
+    study = query.load_study(client, fake_study_store.study_id)
+    assert study.parent.info.run_id == fake_study_store.parent_run_id
+    assert {query.run_coordinates(r)["arm"] for r in study.children} == {"raw", "finetune", "scratch"}

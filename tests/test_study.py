@@ -1,0 +1,150 @@
+"""A small study run into a real ``mlflow server`` on loopback, resumed, and read back by the analysis."""
+
+from __future__ import annotations
+
+import html.parser
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from analysis.report import build_report, text_summary
+from segft.config import ReportConfig, StudyConfig
+from segft.data.synthetic import make_microtube_study, write_study
+from segft.presets import preset_train_config
+from segft.study import draw_pool_indices, plan_runs, run_study
+
+pytestmark = pytest.mark.slow
+
+SIZES, REPEATS, ARMS = (1, 2), 2, ("finetune", "scratch")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` with a SQLite backend on a loopback port, in its own process group (it starts helper
+    processes), ended as a whole group."""
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def study(mlflow_server, tmp_path_factory):
+    """A tiny study (1 + 2 sizes x 2 repeats x 2 arms = 9 runs), then the same study started again."""
+    work = tmp_path_factory.mktemp("study")
+    data = write_study(make_microtube_study(n_images=5), work / "data")
+    train = preset_train_config("quick", {
+        "data_dir": str(data), "epochs": 1, "patch_size": 64, "decoder_channels": (16, 8, 4),
+        "dataset1_train_images": 3, "dataset2_pool_images": 3,
+    })
+    config = StudyConfig(train=train, sizes=SIZES, repeats=REPEATS, arms=ARMS, report_dir=str(work / "report"))
+    mlflow.set_tracking_uri(mlflow_server)
+    os.chdir(work)
+    try:
+        first = run_study(config)
+        second = run_study(config)
+    finally:
+        mlflow.set_tracking_uri(None)
+    report = build_report(ReportConfig(tracking_uri=mlflow_server, study_id=first.study_id,
+                                       report_dir=str(work / "report")))
+    return config, first, second, report, MlflowClient(mlflow_server)
+
+
+def test_study_runs_hang_under_one_parent(study):
+    config, first, _, _, client = study
+    children = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`segft.study_id` = '{first.study_id}' and tags.`segft.role` != 'study'",
+    )
+    assert len(children) == 1 + len(SIZES) * REPEATS * len(ARMS)
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {first.parent_run_id}
+    assert sorted(first.runs) == sorted(["base"] + [p.key for p in plan_runs(config, 3)])
+
+
+def test_starting_the_study_again_reuses_every_finished_run(study):
+    _, first, second, _, _ = study
+    assert second.study_id == first.study_id and second.parent_run_id == first.parent_run_id
+    assert set(second.reused) == set(first.runs)
+    assert {key: r.run_id for key, r in second.runs.items()} == {key: r.run_id for key, r in first.runs.items()}
+
+
+def test_repeats_draw_nested_subsets_and_repeat_zero_takes_the_first_images():
+    assert draw_pool_indices(20, (5, 10, 15, 20), 0, seed=0, resample=True)[5] == (0, 1, 2, 3, 4)
+    drawn = draw_pool_indices(20, (5, 10, 15, 20), 1, seed=0, resample=True)
+    assert set(drawn[5]) < set(drawn[10]) < set(drawn[15]) < set(drawn[20]) == set(range(20))
+    assert drawn[5] != (0, 1, 2, 3, 4)
+    assert draw_pool_indices(20, (5,), 2, seed=0, resample=False)[5] == (0, 1, 2, 3, 4)
+
+
+def test_report_table_has_a_row_per_run_and_test_image(study):
+    _, first, _, report, _ = study
+    tidy = pd.read_csv(report.directory / "tidy.csv")
+    assert len(tidy) == len(first.runs) * 2 * 2  # runs x datasets x 2 test images each
+    assert set(tidy["arm"]) == {"raw", *ARMS}
+
+
+def test_report_confidence_intervals_contain_the_mean(study):
+    _, _, _, report, _ = study
+    summary = pd.read_csv(report.directory / "summary.csv")
+    assert (summary["ci_low"] <= summary["mean"] + 1e-12).all() and (summary["mean"] <= summary["ci_high"] + 1e-12).all()
+
+
+def test_report_files_and_html_without_network_resources(study):
+    _, first, _, report, client = study
+    folder = report.directory
+    for name in ("report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png"):
+        assert (folder / name).is_file(), name
+
+    class Resources(html.parser.HTMLParser):
+        found: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            for key, value in attrs:
+                if key in ("src", "href") and value and value.startswith(("http:", "https:", "//")):
+                    self.found.append(f"{tag} {key}={value}")
+
+    parser = Resources()
+    parser.feed((folder / "report.html").read_text())
+    assert parser.found == []
+    logged = {f.path for f in client.list_artifacts(first.parent_run_id, "report")}
+    assert "report/report.html" in logged
+    assert "study" in text_summary(report).lower()
