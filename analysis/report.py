@@ -34,7 +34,7 @@ class Report:
         experiment_id: The experiment holding the study.
         tracking_uri: The tracking store read (MLflow's default resolved when none was given).
         directory: Local folder holding the files below (``<report_dir>/<study_id>``).
-        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv, grid.png and figures.
+        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv and grid.png.
         tidy: One row per run × dataset × test image (``analysis.query.TIDY_COLUMNS``).
         summary: ``analysis.summary.summarize`` of ``tidy``.
         paired_change: ``analysis.summary.paired_change`` of ``tidy``.
@@ -142,11 +142,9 @@ def build_report(config: ReportConfig) -> Report:
                         ("paired_change.csv", report.paired_change)):
         table.to_csv(folder / name, index=False)
         files[name] = folder / name
-    figs = {"dice_vs_images.html": figures.dice_vs_images(report.summary),
-            "forgetting.html": figures.forgetting(report.paired_change)}
-    for name, fig in figs.items():
-        fig.write_html(folder / name, include_plotlyjs=True, config=PLOTLY_CONFIG)
-        files[name] = folder / name
+    # the figures live in report.html only: one inlined copy of plotly.js (4.7 MB) per report is enough
+    figs = {"dice_vs_images": figures.dice_vs_images(report.summary),
+            "forgetting": figures.forgetting(report.paired_change)}
     arm = _grid_arm(tidy)
     headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
     files["grid.png"] = grid.write_png(grid.compose_grid(rows, headers), folder / "grid.png")

@@ -11,10 +11,11 @@ shift that fine-tuning must fix:
 
 * Dataset 1, fluorescence-like: dark background (about 20), bright textured cell with a faint glow (about 160),
   faint bright walls, slight blur, Poisson shot noise plus Gaussian read noise.
-* Dataset 2, brightfield-like: grey background (90-130) under uneven illumination, bright thick walls, a faint
-  textured cell (12-40 above the background, varying per image) with a bright rim, bright round debris outside
-  the tube, stronger blur and noise. The cell stays brighter than its surroundings, so the two datasets do not
-  contradict each other (a model can segment both), but the brightest structures are no longer cells.
+* Dataset 2, brightfield-like: grey background (100-140) under strongly uneven illumination, dark thick walls,
+  a faint textured cell (10-35 above the background, varying per image) with a bright rim, dark round debris
+  outside the tube, stronger blur and noise. The cell stays brighter than its surroundings, so the two datasets
+  do not contradict each other (a model can segment both), but after per-image normalization the background is
+  mid-grey and uneven instead of dark.
 
 Every image draws from its own generator seeded with (seed, dataset, image index), so an image does not depend on
 how many images were asked for, and the same seed gives byte-identical arrays.
@@ -151,27 +152,27 @@ def _render_fluorescence(rng: np.random.Generator, mask: np.ndarray, tube: _Tube
 
 
 def _render_brightfield(rng: np.random.Generator, mask: np.ndarray, tube: _Tube) -> np.ndarray:
-    """Grey background under uneven light, bright thick walls, a faint textured cell with a bright rim,
-    bright debris outside the tube, stronger noise.
+    """Grey background under strongly uneven light, dark thick walls, a faint textured cell with a bright rim,
+    dark debris outside the tube, stronger blur and noise.
 
-    The cell stays (a little) brighter than its surroundings, so nothing here contradicts Dataset 1 and a model
-    can learn both; but its contrast is low and varies from image to image, while the walls and debris are now
-    the brightest structures: a model trained on Dataset 1 alone mistakes them for cells and misses faint cells.
+    The cell stays a little brighter than its surroundings, so nothing here contradicts Dataset 1 (a model can
+    learn both), but once each image is normalized the background is no longer dark: it is mid-grey and uneven,
+    and the cell stands out only by a faint, varying contrast, its texture and its rim. A model trained on
+    Dataset 1 alone takes bright background for cell and misses faint cells.
     """
     cell = _blur(mask.astype(np.float32), 1.2)
-    rim = np.clip(cell - _blur(cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32), 2.0), 0, 1)
+    core = _blur(cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32), 2.0)
+    rim = np.clip(cell - core, 0, 1)
     texture = 1 + 0.35 * _smooth_noise(rng, mask.shape, 8) + 0.2 * _smooth_noise(rng, mask.shape, 3)
     ys, xs = np.linspace(-1, 1, HEIGHT)[:, None], np.linspace(-1, 1, WIDTH)[None, :]
-    light = 1 + rng.uniform(-0.2, 0.2) * ys + rng.uniform(-0.15, 0.15) * xs + 0.08 * _smooth_noise(rng, mask.shape, 100)
-    walls = rng.uniform(50, 90) * _line(tube.wall_distance(), tube.thickness * rng.uniform(1.5, 2.5))
+    light = 1 + rng.uniform(-0.25, 0.25) * ys + rng.uniform(-0.2, 0.2) * xs + 0.1 * _smooth_noise(rng, mask.shape, 90)
+    walls = rng.uniform(40, 70) * _line(tube.wall_distance(), tube.thickness * rng.uniform(1.5, 2.5))
     debris = np.zeros(mask.shape, np.float32)
-    outside = np.abs(_axis_offset(tube.centre, tube.slope)) > tube.half + 12
-    for _ in range(int(rng.integers(1, 5))):
-        rows, cols = np.nonzero(outside)
-        k = int(rng.integers(len(rows)))
+    rows, cols = np.nonzero(np.abs(_axis_offset(tube.centre, tube.slope)) > tube.half + 12)
+    for k in rng.integers(len(rows), size=int(rng.integers(1, 5))):
         cv2.circle(debris, (int(cols[k]), int(rows[k])), int(rng.integers(4, 10)), 1.0, -1)
-    image = rng.uniform(90, 130) + walls + rng.uniform(40, 80) * _blur(debris, 1.5)
-    image = image + rng.uniform(12, 40) * cell * texture + rng.uniform(15, 35) * rim
+    image = rng.uniform(100, 140) - walls - rng.uniform(30, 60) * _blur(debris, 1.5)
+    image = image + rng.uniform(10, 35) * cell * texture + rng.uniform(15, 35) * rim
     image = _blur(image * light, rng.uniform(0.6, 1.4)) + rng.normal(0, rng.uniform(5.0, 9.0), mask.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -219,7 +220,7 @@ def write_study(study: StudyData, out_dir: str | Path) -> Path:
     (out_dir / "README.txt").write_text(
         f"Synthetic microtube study ({study.dataset1.source}), written by segft.data.synthetic.\n"
         f"dataset1: {len(study.dataset1)} fluorescence-like images (bright cell, dark background).\n"
-        f"dataset2: {len(study.dataset2)} brightfield-like images (faint cell with bright rim, bright walls and debris, grey background).\n"
+        f"dataset2: {len(study.dataset2)} brightfield-like images (faint cell with bright rim, dark walls and debris, grey background).\n"
         f"Each folder holds images/<name>.png (8-bit grey, {height} x {width} px) and masks/<name>.png "
         f"(0 = background, 255 = cell), paired by name.\nContent digest: {study.digest()}\n"
     )
