@@ -69,6 +69,10 @@ class SplitConfig:
     dataset2_pool_images: int = 20
 
 
+#: What training from a base model may keep fixed (see ``segft.models.freezing``).
+FREEZE_MODES = ("none", "norm", "encoder")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run (base or fine-tuning) needs.
@@ -82,6 +86,8 @@ class TrainConfig:
         seed: Seeds weight initialisation and patch order; a CPU run with the same seed is repeatable.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         overlap: Fraction of the window shared by neighbouring windows at evaluation.
+        freeze: What training from a base model (fine-tuning, joint) keeps fixed: ``none`` (the original
+            protocol), ``norm`` (normalization statistics) or ``encoder`` (encoder weights and statistics).
         model: Architecture settings.
         loss: Dynamic-loss settings.
         split: Which images train, fine-tune and test.
@@ -95,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     overlap: float = 0.5
+    freeze: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -110,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.freeze not in FREEZE_MODES:
+            raise ValueError(f"unknown freeze mode {self.freeze!r}; choose from {list(FREEZE_MODES)}")
         factor = 2**self.model.encoder_depth
         if self.patch_size < factor or self.patch_size % factor:
             raise ValueError(

@@ -2,8 +2,10 @@
 
 ``protocol`` is the original study (100 epochs, batch 4, learning rate 1e-5: the dataclass defaults).
 ``quick`` makes the whole built-in study (base model, 4 sizes x 3 repeats x 2 arms) finish on a 2-core CPU in
-about 15 minutes while still showing the study's findings: a shallower, narrower network, larger batches, a
-larger learning rate and few epochs.
+about 15 minutes while still showing the study's findings: a shallower, narrower network (encoder depth 3,
+decoder 32-16-8), batch 8, learning rate 1e-3, 6 epochs, and fine-tuning with the encoder frozen (smp-style,
+normalization statistics included). At that learning rate full fine-tuning forgets Dataset 1 almost entirely on
+the built-in data (Dice 0.99 -> 0.45 with 5 images); freezing the encoder keeps it within 0.05.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from segft.config import TrainConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "protocol": {},
     "quick": {
-        "epochs": 8,
+        "epochs": 6,
         "batch_size": 8,
         "lr": 1e-3,
         "encoder_depth": 3,
         "decoder_channels": (32, 16, 8),
+        "freeze": "encoder",
     },
 }
 

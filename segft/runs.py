@@ -21,6 +21,7 @@ from segft.data.imageset import ImageSet
 from segft.data.study import StudySplit, load_study, split_study
 from segft.inference import SlidingWindowSegmenter
 from segft.models import build_model
+from segft.models.freezing import freeze
 from segft.training import evaluate, make_patches, resolve_device, train
 
 
@@ -73,7 +74,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     torch.manual_seed(train_config.seed)
     return train_and_log(
         role="finetune",
-        model=model,
+        model=freeze(model, train_config.freeze),
         config=dataclasses.replace(train_config, model=model_config),
         train_set=train_set,
         split=split,

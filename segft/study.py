@@ -20,6 +20,7 @@ from segft import tracking
 from segft.config import StudyConfig, TrainConfig
 from segft.data.study import StudySplit, load_study, split_study
 from segft.models import build_model
+from segft.models.freezing import freeze
 from segft.runs import RunResult, _train_base, load_base_model, train_and_log
 from segft.training import resolve_device
 
@@ -126,6 +127,7 @@ def _run_arm(
         model = build_model(train_config.model)
     else:
         model, model_config = load_base_model(base_uri, device)
+        model = freeze(model, train_config.freeze)
         train_config = dataclasses.replace(train_config, model=model_config)
     train_set = dataset2_images
     if planned.arm == "joint":

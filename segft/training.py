@@ -117,7 +117,7 @@ def train(
     if config.batch_size < 1 or config.epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {config.batch_size} and {config.epochs}")
     loss_fn = DynamicLoss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     logs = []
     progress = tqdm(range(config.epochs), desc=description, unit="epoch")

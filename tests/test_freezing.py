@@ -1,0 +1,57 @@
+"""Freezing for fine-tuning: frozen weights do not move and frozen normalization statistics do not drift."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segft.models import AttentionUnet
+from segft.models.freezing import freeze
+
+
+def tiny_model() -> AttentionUnet:
+    torch.manual_seed(0)
+    return AttentionUnet("resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
+
+
+def train_step(model: AttentionUnet) -> None:
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = model(torch.randn(2, 1, 32, 32) * 3 + 5).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> set[str]:
+    return {name for name, value in module.state_dict().items() if not torch.equal(before[name], value)}
+
+
+@pytest.mark.parametrize("mode, encoder_moves, decoder_stats_move", [
+    ("none", True, True), ("norm", True, False), ("encoder", False, True),
+])
+def test_freeze_modes(mode, encoder_moves, decoder_stats_move):
+    model = freeze(tiny_model(), mode)
+    encoder, decoder = snapshot(model.encoder), snapshot(model.decoder)
+    train_step(model)
+    assert bool(changed(encoder, model.encoder)) is encoder_moves
+    decoder_changes = changed(decoder, model.decoder)
+    assert any(name.endswith("weight") for name in decoder_changes)  # the decoder always learns
+    assert any(name.endswith("running_mean") for name in decoder_changes) is decoder_stats_move
+
+
+def test_frozen_norm_layers_stay_in_eval_mode_after_train():
+    model = freeze(tiny_model(), "encoder")
+    model.train()
+    assert model.training and not model.encoder.bn1.training and model.decoder.training
+    model.eval()
+    assert not model.training
+
+
+def test_unknown_mode_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="none.*norm.*encoder"):
+        freeze(tiny_model(), "decoder")
