@@ -78,11 +78,13 @@ def study(mlflow_server, tmp_path_factory):
     })
     config = StudyConfig(train=train, sizes=SIZES, repeats=REPEATS, arms=ARMS, report_dir=str(work / "report"))
     mlflow.set_tracking_uri(mlflow_server)
-    os.chdir(work)
+    previous_cwd = os.getcwd()
+    os.chdir(work)  # nothing of the study may land in the checkout
     try:
         first = run_study(config)
         second = run_study(config)
     finally:
+        os.chdir(previous_cwd)
         mlflow.set_tracking_uri(None)
     report = build_report(ReportConfig(tracking_uri=mlflow_server, study_id=first.study_id,
                                        report_dir=str(work / "report")))
