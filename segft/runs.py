@@ -65,11 +65,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     train_set = split.finetune_subset(config.n_images)
     digest = study.digest()
     device = resolve_device(train_config.device)
-    base_uri = config.base_model or tracking.find_model_version(
-        registry.base_model_name, {tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: train_config.model.encoder}
-    )
-    if not base_uri:
-        base_uri = _train_base(train_config, registry, split, digest, new_run=True).model_uri
+    base_uri = resolve_base_model(config.base_model, train_config, registry, split, digest)
     model, model_config = load_base_model(base_uri, device)
     torch.manual_seed(train_config.seed)
     return train_and_log(
@@ -83,6 +79,21 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
         extra_params={"n_images": config.n_images, "base_model_uri": base_uri,
                       "base_run_id": tracking.model_source_run(base_uri) or ""},
     )
+
+
+def resolve_base_model(
+    base_model: str, config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str
+) -> str:
+    """``base_model`` or, when empty, the newest registered base model trained on the same data (by digest) with
+    the same encoder; if there is none, one is trained first, as its own run (no MLflow run may be active).
+
+    Returns:
+        The base model's URI.
+    """
+    found = base_model or tracking.find_model_version(
+        registry.base_model_name, {tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder}
+    )
+    return found or _train_base(config, registry, split, digest, new_run=True).model_uri
 
 
 def _train_base(
