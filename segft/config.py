@@ -11,11 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+#: Model architectures by name (built by ``segft.models.build_model``).
+ARCHITECTURES = ("attention_unet", "paulow")
+PAULOW_POOLINGS = 3
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """How to build the Attention U-Net.
 
     Attributes:
+        arch: ``attention_unet`` (an smp encoder with our attention decoder) or ``paulow`` (the original study's
+            network: 3 poolings, 64-512 channels, weight-standardized residual blocks, about 8.1 M parameters;
+            the encoder settings below do not apply to it).
         encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``).
         encoder_weights: Pretrained weights name for the encoder (for example ``imagenet``); empty for random
             initialisation. Empty by default because nothing may be downloaded at run time.
@@ -23,10 +31,20 @@ class ModelConfig:
         decoder_channels: Channels of each decoder stage, deepest first; one entry per encoder stage.
     """
 
+    arch: str = "attention_unet"
     encoder: str = "resnet18"
     encoder_weights: str = ""
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {self.arch!r}; choose from {list(ARCHITECTURES)}")
+
+    @property
+    def size_divisor(self) -> int:
+        """Input sides must be multiples of this: every pooling halves them."""
+        return 2 ** (self.encoder_depth if self.arch == "attention_unet" else PAULOW_POOLINGS)
 
 
 @dataclass(frozen=True)
@@ -87,7 +105,7 @@ class TrainConfig:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         overlap: Fraction of the window shared by neighbouring windows at evaluation.
         freeze: What training from a base model (fine-tuning, joint) keeps fixed: ``none`` (the original
-            protocol), ``norm`` (normalization statistics) or ``encoder`` (encoder weights and statistics).
+            protocol), ``norm`` (normalization statistics) or ``encoder`` (those and the encoder's weights).
         model: Architecture settings.
         loss: Dynamic-loss settings.
         split: Which images train, fine-tune and test.
@@ -119,11 +137,11 @@ class TrainConfig:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.freeze not in FREEZE_MODES:
             raise ValueError(f"unknown freeze mode {self.freeze!r}; choose from {list(FREEZE_MODES)}")
-        factor = 2**self.model.encoder_depth
+        factor = self.model.size_divisor
         if self.patch_size < factor or self.patch_size % factor:
             raise ValueError(
-                f"patch_size {self.patch_size} must be a multiple of 2**encoder_depth = {factor} (encoder_depth="
-                f"{self.model.encoder_depth})"
+                f"patch_size {self.patch_size} must be a multiple of {factor} (arch={self.model.arch}, "
+                f"encoder_depth={self.model.encoder_depth})"
             )
 
 
@@ -208,6 +226,58 @@ class StudyConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
 
+#: ``autocast`` settings: ``auto`` = bfloat16 autocast on CUDA, float32 elsewhere; ``on``; ``off`` (float32).
+AUTOCAST_MODES = ("auto", "on", "off")
+#: File formats ``predict`` writes masks in.
+MASK_FORMATS = ("tif", "png")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The ``predict`` command: segment image files with a logged or registered model.
+
+    Attributes:
+        model: MLflow model URI, for example ``models:/segft-finetuned@champion`` (the version a study
+            recommends), ``models:/segft-finetuned/3`` or ``runs:/<run id>/model``.
+        input: An image file, a multi-page TIFF stack, or a folder of image files (PNG, JPEG, TIFF).
+        output: Folder for the masks (created if needed); never the input folder.
+        format: ``tif`` (a stack stays one multi-page file) or ``png`` (one file per page).
+        overlays: Also write ``<name>_overlay.png``: the image with the predicted contour.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        overlap: Fraction of the window shared by neighbouring windows.
+        threshold: Foreground probability above which a pixel is foreground.
+        batch_size: Windows per forward pass.
+        autocast: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``on`` or ``off``.
+    """
+
+    model: str = "models:/segft-finetuned@champion"
+    input: str = ""
+    output: str = ""
+    format: str = "tif"
+    overlays: bool = False
+    device: str = "auto"
+    overlap: float = 0.5
+    threshold: float = 0.5
+    batch_size: int = 16
+    autocast: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Refuse settings that could only fail after the model is loaded.
+
+        Raises:
+            ValueError: For an unknown format or autocast mode, an overlap outside [0, 1), a threshold outside
+                [0, 1] or a batch size below 1.
+        """
+        if self.format not in MASK_FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose from {list(MASK_FORMATS)}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(f"unknown autocast mode {self.autocast!r}; choose from {list(AUTOCAST_MODES)}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0 <= self.threshold <= 1 or self.batch_size < 1:
+            raise ValueError(f"need 0 <= threshold <= 1 and batch_size >= 1, got {self.threshold}, {self.batch_size}")
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """The ``report`` command: read a study back from the tracking server and build the report.
@@ -226,3 +296,74 @@ class ReportConfig:
     experiment: str = ""
     report_dir: str = "segft-report"
     grid_images: int = 2
+
+
+#: What ``tune`` can tune the learning rate of (see ``TuneConfig.target``).
+TUNE_TARGETS = ("finetune", "base")
+#: Pruners ``tune`` can stop unpromising trials with (see ``TuneConfig.pruner``).
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The ``tune`` command: an Optuna study of the learning rate, scored on validation images, never test images.
+
+    Each trial draws its own learning rate, so ``train.lr`` is not used; the other training settings apply to
+    every trial.
+
+    Attributes:
+        target: ``finetune`` (tune fine-tuning with ``n_images`` Dataset 2 images, validated on the pool's other
+            images) or ``base`` (tune base training, validated on the last fifth of Dataset 1's training images).
+        n_images: Pool images to fine-tune with (``target=finetune``); must be below ``dataset2_pool_images``.
+        base_model: Model URI the fine-tuning trials start from; empty for the newest registered base model of
+            the same data and encoder (trained first if there is none).
+        n_trials: Trials this call runs (each worker sharing a study runs this many more); 0 only reports or
+            applies the study's best so far.
+        timeout: Stop starting new trials after this many seconds; 0 for no limit.
+        lr_min: Lower end of the learning-rate search range (sampled log-uniformly).
+        lr_max: Upper end of the learning-rate search range.
+        storage: Optuna storage URL (for example ``postgresql://user:password@host/db`` shared by several
+            workers); empty for ``optuna.db`` next to the MLflow tracking store.
+        study_name: Optuna study to create or continue; empty for one derived from target, n_images and data.
+        pruner: ``median`` (stop a trial whose validation Dice falls below the median of earlier trials at the
+            same epoch), ``hyperband`` or ``none``.
+        pruner_startup_trials: Trials the median pruner lets finish before it prunes any.
+        report_every: Score the validation images (and let the pruner decide) every this many epochs; the last
+            epoch is always scored.
+        apply: After tuning, train and register a model with the best learning rate (``finetune`` or ``base``).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    target: str = "finetune"
+    n_images: int = 5
+    base_model: str = ""
+    n_trials: int = 20
+    timeout: float = 0.0
+    lr_min: float = 1e-6
+    lr_max: float = 1e-2
+    storage: str = ""
+    study_name: str = ""
+    pruner: str = "median"
+    pruner_startup_trials: int = 5
+    report_every: int = 1
+    apply: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse settings that could only fail later, once trials run.
+
+        Raises:
+            ValueError: For an unknown target or pruner, a search range that is not ``0 < lr_min < lr_max``,
+                or negative counts.
+        """
+        if self.target not in TUNE_TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose from {list(TUNE_TARGETS)}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}; choose from {list(PRUNERS)}")
+        if not 0 < self.lr_min < self.lr_max:
+            raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.n_images < 1 or self.report_every < 1:
+            raise ValueError(f"n_images and report_every must be >= 1, got {self.n_images}, {self.report_every}")
+        if self.n_trials < 0 or self.timeout < 0 or self.pruner_startup_trials < 0:
+            raise ValueError(f"n_trials, timeout and pruner_startup_trials must be >= 0, got {self.n_trials}, "
+                             f"{self.timeout}, {self.pruner_startup_trials}")

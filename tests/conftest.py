@@ -22,6 +22,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class FakeStudyDesign:
     """The shape of the fake study: every arm at every size and repeat, plus the raw base model."""

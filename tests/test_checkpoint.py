@@ -21,13 +21,7 @@ CONFIG = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 
 SETTINGS = InferenceSettings(patch_size=32, overlap=0.25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

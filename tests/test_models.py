@@ -10,13 +10,7 @@ from segft.config import ModelConfig
 from segft.models import AttentionGate, AttentionUnet, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GATE_CASES = [  # gate channels, skip channels, inter channels, batch, (H, W)
     (8, 4, None, 2, (16, 16)),
@@ -157,3 +151,26 @@ def test_stages_deeper_than_the_encoder_depth_carry_no_weights(depth, absent):
     keys = model.state_dict().keys()
     assert not [key for key in keys if key.startswith(absent)]
     assert any(key.startswith(f"encoder.layer{depth - 1}.") for key in keys)
+
+
+def test_paulow_reproduces_the_original_network_size_and_shapes():
+    model = build_model(ModelConfig(arch="paulow"))
+    assert 8.0e6 < sum(p.numel() for p in model.parameters()) < 8.3e6  # "about 8.1 M parameters"
+    assert model(torch.zeros(2, 1, 32, 48)).shape == (2, 1, 32, 48)
+    assert ModelConfig(arch="paulow").size_divisor == 8 and ModelConfig(encoder_depth=4).size_divisor == 16
+
+
+def test_weight_standardized_convolution_uses_zero_mean_unit_variance_weights():
+    from segft.models.paulow import WSConv2d
+
+    conv = WSConv2d(2, 3, 3, padding=1, bias=False)
+    torch.nn.init.normal_(conv.weight, mean=5.0, std=3.0)
+    x = torch.randn(1, 2, 8, 8)
+    w = conv.weight
+    standardized = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + 1e-5)
+    assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, standardized, padding=1), atol=1e-5)
+
+
+def test_unknown_arch_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="attention_unet.*paulow"):
+        ModelConfig(arch="unetr")

@@ -19,13 +19,7 @@ from segft.training import EpochLog, ImageResult, Patches, evaluate, make_patche
 TINY = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_set(shapes: list[tuple[int, int]], seed: int = 0, dtype=np.uint8) -> ImageSet:

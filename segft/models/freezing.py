@@ -18,7 +18,10 @@ def _norm_layers(module: nn.Module) -> list[nn.Module]:
 
 def freeze(model: nn.Module, mode: str) -> nn.Module:
     """Freeze part of ``model`` in place: nothing (``none``), the normalization statistics of the whole model
-    (``norm``), or the encoder's weights and statistics (``encoder``; needs an ``encoder`` attribute).
+    (``norm``), or those statistics and the encoder's weights (``encoder``; needs an ``encoder`` attribute).
+
+    ``encoder`` keeps every normalization layer's statistics, not only the encoder's: statistics updated to the
+    new dataset anywhere in the network shift the base model's features on the old one.
 
     Raises:
         ValueError: For an unknown mode; the message lists the valid ones.
@@ -27,11 +30,10 @@ def freeze(model: nn.Module, mode: str) -> nn.Module:
         raise ValueError(f"unknown freeze mode {mode!r}; choose from {list(FREEZE_MODES)}")
     if mode == "none":
         return model
-    part = model.encoder if mode == "encoder" else model
     if mode == "encoder":
-        for parameter in part.parameters():
+        for parameter in model.encoder.parameters():
             parameter.requires_grad_(False)
-    frozen_norms = _norm_layers(part)
+    frozen_norms = _norm_layers(model)
     train = model.train
 
     def train_keeping_norms_frozen(mode: bool = True) -> nn.Module:

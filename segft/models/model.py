@@ -8,6 +8,7 @@ from torch import nn
 
 from segft.config import ModelConfig
 from segft.models.decoder import AttentionUnetDecoder
+from segft.models.paulow import PaulowUnet
 
 
 class AttentionUnet(nn.Module):
@@ -57,8 +58,10 @@ def drop_unused_stages(encoder: nn.Module, depth: int) -> None:
             setattr(encoder, name, nn.Identity())
 
 
-def build_model(config: ModelConfig) -> AttentionUnet:
-    """The model described by ``config``."""
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model described by ``config``: ``AttentionUnet`` or the original study's ``PaulowUnet``."""
+    if config.arch == "paulow":
+        return PaulowUnet()
     return AttentionUnet(
         encoder=config.encoder,
         encoder_weights=config.encoder_weights,
