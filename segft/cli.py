@@ -13,7 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import BaseConfig, FinetuneConfig, RegistryConfig, ReportConfig, StudyConfig, TrainConfig
+from segft.config import (BaseConfig, FinetuneConfig, RegistryConfig, ReportConfig, StudyConfig, TrainConfig,
+                          TuneConfig)
 from segft.data.readers import DataError
 from segft.presets import preset_train_config
 
@@ -133,6 +134,18 @@ def _run_study(args: argparse.Namespace) -> None:
     print(text_summary(report))
 
 
+def _run_tune(args: argparse.Namespace) -> None:
+    from segft.tuning import run_tuning
+
+    result = run_tuning(config_from_args(TuneConfig, args))
+    states = ", ".join(f"{count} {state.lower()}" for state, count in result.states.items())
+    print(f"study {result.study_name} in {result.storage} (MLflow run {result.parent_run_id}): {states}")
+    if result.best_lr is not None:
+        print(f"best lr = {result.best_lr:.3g}: validation Dice {result.best_value:.4f}")
+    if result.applied:
+        _print_result(result.applied)
+
+
 def _run_report(args: argparse.Namespace) -> None:
     from analysis.report import build_report, text_summary
 
@@ -181,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="read a study back from the tracking server and build its report")
     add_config_arguments(report, ReportConfig)
     report.set_defaults(handler=_run_report)
+
+    tune = commands.add_parser("tune", help="tune the learning rate with Optuna on validation images, in MLflow")
+    add_config_arguments(tune, TuneConfig)
+    tune.set_defaults(handler=_run_tune)
 
     data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic microtube study as image files")

@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -31,6 +32,10 @@ STUDY_TAG = "segft.study_id"
 RUN_KEY_TAG = "segft.run_key"
 ARM_TAG = "segft.arm"
 REPEAT_TAG = "segft.repeat"
+TUNING_STUDY_TAG = "segft.tuning_study"
+TRIAL_NUMBER_TAG = "segft.trial_number"
+#: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
+TRIAL_STATE_TAG = "segft.trial_state"
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
 #: The model's input: a stack of single-channel images (N, H, W); output: uint8 masks of the same shape.
@@ -70,6 +75,10 @@ def start_run(
         experiment_id = mlflow.tracking.fluent._get_experiment_id()
         run_id = MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
     resumed = run_id is not None
+    if resumed:
+        # Under `mlflow run` the run it created is handed over in MLFLOW_RUN_ID; resuming another run leaves it
+        # there, and the next nested start_run would adopt it instead of creating a child.
+        MLFLOW_RUN_ID.unset()
     with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags) as run:
         yield run
 
@@ -237,3 +246,37 @@ def model_source_run(model_uri: str) -> str | None:
     if not version.isdigit():
         return None
     return MlflowClient().get_model_version(name, version).run_id
+
+
+def tracking_uri() -> str:
+    """Where runs go: ``MLFLOW_TRACKING_URI`` when set, else MLflow's default (``sqlite:///mlflow.db``)."""
+    return mlflow.get_tracking_uri()
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log metrics on the active run, at ``step`` (an epoch, or a trial count) when given."""
+    mlflow.log_metrics(metrics, step=step)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Set tags on the active run."""
+    mlflow.set_tags(tags)
+
+
+def end_run(status: str, tags: dict[str, str]) -> None:
+    """Tag the active run and end it with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``) from inside the
+    ``with start_run(...)`` block, which then leaves it as it is (used for pruned tuning trials: KILLED)."""
+    mlflow.set_tags(tags)
+    mlflow.end_run(status)
+
+
+def log_figures(figures: dict[str, object]) -> None:
+    """Log plotly (``.html``) or matplotlib figures on the active run, by artifact path."""
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+
+
+def find_tuning_parent(study_name: str) -> str | None:
+    """The parent run of an earlier start of tuning study ``study_name``, to resume under it; None if none."""
+    runs = _search_all(f"tags.`{TUNING_STUDY_TAG}` = '{study_name}' and tags.`{ROLE_TAG}` = 'tune'")
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,331 @@
+"""Learning-rate tuning with Optuna: validation Dice as the objective, pruning, one MLflow run per trial.
+
+The original protocol fixes the learning rate at 1e-5 for base training and fine-tuning. ``run_tuning`` searches
+it log-uniformly between ``lr_min`` and ``lr_max``: each trial trains as ``finetune`` (or ``base``) would, scores
+the validation images every ``report_every`` epochs, reports the score to Optuna, and is stopped (pruned) when it
+falls behind the trials before it. The objective is the validation Dice after the last epoch; test images are
+never touched:
+
+- ``target=finetune``: train on the first ``n_images`` of Dataset 2's pool, validate on the pool's other images;
+- ``target=base``: train on Dataset 1's training images but the last fifth (at least one), validate on those.
+
+The study lives in an Optuna storage (a database: by default ``optuna.db`` next to the MLflow tracking store), so
+a stopped tuning continues where it stopped and workers on several machines can share one study. MLflow gets one
+parent run per study (resumed by every later call) and a nested run per trial; pruned trials end KILLED, tagged
+``segft.trial_state = PRUNED``. Trials register no models; ``apply`` trains and registers one with the best rate.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import optuna
+import torch
+from torch import nn
+
+from segft import tracking
+from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, TuneConfig
+from segft.data.imageset import ImageSet
+from segft.data.study import StudySplit, load_study, split_study
+from segft.inference import SlidingWindowSegmenter
+from segft.models import build_model
+from segft.models.freezing import freeze
+from segft.runs import RunResult, load_base_model, resolve_base_model, run_base, run_finetune
+from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, resolve_device, train
+
+#: Share of Dataset 1's training images held out to validate base-training trials (at least one image).
+VALIDATION_FRACTION = 0.2
+#: A trial whose worker stops sending heartbeats for GRACE_PERIOD_S seconds (a killed process) is marked FAIL.
+HEARTBEAT_INTERVAL_S = 60
+GRACE_PERIOD_S = 180
+#: Optuna states recorded on trial runs (tag ``segft.trial_state``) and counted on the parent run.
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def default_storage(tracking_uri: str) -> str:
+    """The Optuna storage next to the MLflow tracking store, so that a stopped tuning can be continued.
+
+    ``sqlite:///dir/mlflow.db`` gives ``sqlite:///dir/optuna.db``; any other tracking URI (a server, a file store,
+    an in-memory database) gives ``sqlite:///optuna.db`` in the working directory. To share a study between
+    machines, pass a database server URL as ``storage`` instead.
+
+    Args:
+        tracking_uri: The MLflow tracking URI in use.
+
+    Returns:
+        An SQLAlchemy database URL.
+    """
+    prefix = "sqlite:///"
+    path = tracking_uri[len(prefix):].split("?", 1)[0] if tracking_uri.startswith(prefix) else ""
+    if path and path != ":memory:":
+        return prefix + str(PurePosixPath(path).with_name("optuna.db"))
+    return prefix + "optuna.db"
+
+
+def default_study_name(target: str, n_images: int, data_digest: str) -> str:
+    """``segft-tune-finetune-n5-<digest>`` or ``segft-tune-base-<digest>``."""
+    size = f"-n{n_images}" if target == "finetune" else ""
+    return f"segft-tune-{target}{size}-{data_digest}"
+
+
+def tuning_sets(split: StudySplit, target: str, n_images: int) -> tuple[ImageSet, ImageSet]:
+    """The (train, validation) images of every trial; test images are never among them.
+
+    Args:
+        split: The study's split.
+        target: ``finetune``: the first ``n_images`` of Dataset 2's pool, validated on the rest of the pool;
+            ``base``: Dataset 1's training images but the last ``VALIDATION_FRACTION`` (at least one),
+            validated on those.
+        n_images: Fine-tuning images (``finetune`` only).
+
+    Raises:
+        ValueError: If no validation image would be left.
+    """
+    if target == "finetune":
+        pool = split.finetune_pool
+        if n_images >= len(pool):
+            raise ValueError(
+                f"tuning fine-tuning with n_images={n_images} needs validation images from the pool of "
+                f"{len(pool)} Dataset 2 images (dataset2_pool_images); choose n_images < {len(pool)}"
+            )
+        return split.finetune_subset(n_images), pool.subset(range(n_images, len(pool)))
+    images = split.base_train
+    if len(images) < 2:
+        raise ValueError(f"tuning base training needs at least 2 Dataset 1 training images, got {len(images)}")
+    n_train = len(images) - max(1, int(len(images) * VALIDATION_FRACTION))
+    return images.subset(range(n_train)), images.subset(range(n_train, len(images)))
+
+
+def make_pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
+    """The pruner named by ``config.pruner``; steps are epochs trained, so Hyperband's resources are epochs."""
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup_trials)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min(config.report_every, config.train.epochs),
+                                              max_resource=config.train.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """A tuning call's outcome.
+
+    Attributes:
+        study_name: The Optuna study.
+        storage: Its storage URL, password hidden.
+        parent_run_id: The study's MLflow parent run.
+        best_lr: Best learning rate over the whole study (all workers, all calls); None before any trial completed.
+        best_value: Its validation Dice.
+        states: Number of finished trials by state (``COMPLETE``, ``PRUNED``, ``FAIL``), whole study.
+        applied: The run trained and registered with the best learning rate (``apply``), else None.
+    """
+
+    study_name: str
+    storage: str
+    parent_run_id: str
+    best_lr: float | None
+    best_value: float | None
+    states: dict[str, int]
+    applied: RunResult | None = None
+
+
+@dataclass(frozen=True)
+class _Trials:
+    """What every trial of one call shares: settings, images (patches cut once), and the starting model."""
+
+    config: TuneConfig
+    study_name: str
+    digest: str
+    train_set: ImageSet
+    validation: ImageSet
+    patches: Patches
+    device: torch.device
+    base_uri: str
+    base_model: nn.Module | None
+    model_config: ModelConfig
+
+    def start_model(self, train_config: TrainConfig) -> nn.Module:
+        """A fresh copy of the base model (``finetune``, frozen as configured) or a random one (``base``)."""
+        torch.manual_seed(train_config.seed)
+        if self.base_model is None:
+            return build_model(train_config.model).to(self.device)
+        return freeze(copy.deepcopy(self.base_model), train_config.freeze)
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """Train with the trial's learning rate in a nested MLflow run; the validation Dice after the last epoch."""
+        lr = trial.suggest_float("lr", self.config.lr_min, self.config.lr_max, log=True)
+        train_config = dataclasses.replace(self.config.train, lr=lr, model=self.model_config)
+        tags = {tracking.ROLE_TAG: "tune_trial", tracking.TUNING_STUDY_TAG: self.study_name,
+                tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.TRIAL_STATE_TAG: "RUNNING",
+                tracking.DIGEST_TAG: self.digest, tracking.ENCODER_TAG: self.model_config.encoder}
+        with tracking.start_run(f"trial-{trial.number}", tags, nested=True) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            try:
+                value = self._train(trial, train_config)
+            except optuna.TrialPruned:
+                tracking.end_run("KILLED", {tracking.TRIAL_STATE_TAG: "PRUNED"})
+                raise
+            except BaseException:  # Ctrl-C included: Optuna records the trial as FAIL too
+                tracking.set_tags({tracking.TRIAL_STATE_TAG: "FAIL"})
+                raise
+            tracking.set_tags({tracking.TRIAL_STATE_TAG: "COMPLETE"})
+        return value
+
+    def _train(self, trial: optuna.Trial, config: TrainConfig) -> float:
+        """Log the trial's settings and images, train, and return the last validation Dice."""
+        tracking.log_params({**tracking.flatten_config(config), "trial_number": trial.number,
+                             "target": self.config.target, "n_images": self.n_images, "base_model_uri": self.base_uri,
+                             "data_digest": self.digest, "train_patches": len(self.patches)})
+        tracking.log_split({"train": list(self.train_set.names), "validation": list(self.validation.names)})
+        model = self.start_model(config)
+        scores: list[float] = []
+        train(model, self.patches, config, on_epoch=self._reporter(trial, model, config, scores),
+              description=f"trial {trial.number} lr={config.lr:.2e}")
+        return scores[-1]
+
+    @property
+    def n_images(self) -> int:
+        return self.config.n_images if self.config.target == "finetune" else 0
+
+    def _reporter(self, trial: optuna.Trial, model: nn.Module, config: TrainConfig, scores: list[float]):
+        """The training loop's ``on_epoch``: log the epoch; every ``report_every`` epochs (and after the last)
+        score the validation images, log and report the score, and raise ``TrialPruned`` if the pruner says so."""
+        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=self.device)
+
+        def on_epoch(log: EpochLog) -> None:
+            tracking.log_epoch(log)
+            done = log.epoch + 1
+            if done % self.config.report_every and done != config.epochs:
+                return
+            dice = mean_dice(evaluate(segmenter, self.validation))
+            scores.append(dice)
+            tracking.log_metrics({"val_dice": dice}, step=log.epoch)
+            trial.report(dice, step=done)
+            # after the last epoch there is nothing left to save: the trial completes and counts for the pruner
+            if done != config.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"validation Dice {dice:.4f} after epoch {done}")
+
+        return on_epoch
+
+
+def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = None) -> TuneResult:
+    """Create or continue the tuning study, run ``config.n_trials`` more trials, log the best, optionally apply it.
+
+    Data, split and the study's settings are checked before any MLflow run starts. A study continued with
+    other settings than it was started with (epochs, architecture, search range, base model, ...) is refused:
+    its trials would not be comparable.
+
+    Args:
+        config: Tuning settings.
+        pruner: Overrides ``config.pruner`` (library use, tests).
+
+    Raises:
+        ValueError: If no validation image is left, the study was started with other settings, or ``apply`` is
+            asked for while no trial of the study has completed.
+    """
+    train_config = config.train
+    study_data = load_study(train_config.data_dir)
+    split = split_study(study_data, train_config.split)
+    train_set, validation = tuning_sets(split, config.target, config.n_images)
+    digest = study_data.digest()
+    device = resolve_device(train_config.device)
+    base_uri, base_model, model_config = "", None, train_config.model
+    if config.target == "finetune":  # the trials keep the base model's architecture
+        base_uri = resolve_base_model(config.base_model, train_config, config.registry, split, digest)
+        base_model, model_config = load_base_model(base_uri, device)
+    study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
+    storage_url = config.storage or default_storage(tracking.tracking_uri())
+    study = optuna.create_study(
+        storage=optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                           grace_period=GRACE_PERIOD_S),
+        study_name=study_name, direction="maximize", pruner=pruner or make_pruner(config), load_if_exists=True,
+    )
+    _check_settings(study, _study_settings(config, base_uri), redact(storage_url))
+    trials = _Trials(config, study_name, digest, train_set, validation,
+                     make_patches(train_set, train_config.patch_size, device), device, base_uri, base_model,
+                     model_config)
+    parent_tags = {tracking.ROLE_TAG: "tune", tracking.TUNING_STUDY_TAG: study_name, tracking.DIGEST_TAG: digest,
+                   tracking.ENCODER_TAG: train_config.model.encoder}
+    parent_id = tracking.find_tuning_parent(study_name)
+    with tracking.start_run(f"tune-{study_name}", parent_tags, run_id=parent_id) as parent:
+        tracking.log_params({**tracking.flatten_config(config), "storage": redact(storage_url),
+                             "study_name": study_name, "data_digest": digest, "base_model_uri": base_uri})
+        tracking.log_split({**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)})
+        study.optimize(trials.objective, n_trials=config.n_trials, timeout=config.timeout or None)
+        result = _log_study_summary(study, study_name, redact(storage_url), parent.info.run_id)
+    if config.apply:
+        return dataclasses.replace(result, applied=apply_best(config, result, base_uri))
+    return result
+
+
+def apply_best(config: TuneConfig, result: TuneResult, base_uri: str) -> RunResult:
+    """Train with the study's best learning rate as ``finetune`` (from the same base model) or ``base`` would —
+    on all of their training images, validation images included — and register the model.
+
+    Raises:
+        ValueError: If no trial of the study has completed.
+    """
+    if result.best_lr is None:
+        raise ValueError(f"no trial of study {result.study_name!r} has completed yet; nothing to apply")
+    train_config = dataclasses.replace(config.train, lr=result.best_lr)
+    if config.target == "finetune":
+        return run_finetune(FinetuneConfig(train=train_config, registry=config.registry, n_images=config.n_images,
+                                           base_model=base_uri))
+    return run_base(BaseConfig(train=train_config, registry=config.registry), new_run=True)
+
+
+def _study_settings(config: TuneConfig, base_uri: str) -> dict[str, object]:
+    """What makes trials comparable: every training setting but the learning rate (and where data and device
+    are: the data digest is in the study's name), the search range and the base model."""
+    train = {key: value for key, value in tracking.flatten_config(config.train).items()
+             if key not in ("lr", "data_dir", "device")}
+    return {**train, "target": config.target, "n_images": config.n_images if config.target == "finetune" else 0,
+            "lr_min": config.lr_min, "lr_max": config.lr_max, "base_model_uri": base_uri}
+
+
+def _check_settings(study: optuna.Study, settings: dict[str, object], storage: str) -> None:
+    """Record the settings on a new study; refuse to continue one started with other settings."""
+    started = study.user_attrs.get("settings")
+    if started is None:
+        study.set_user_attr("settings", settings)
+        return
+    changed = [f"{key} {started.get(key)!r} -> {settings.get(key)!r}"
+               for key in sorted(started.keys() | settings.keys()) if started.get(key) != settings.get(key)]
+    if changed:
+        raise ValueError(f"study {study.study_name!r} in {storage} was started with other settings "
+                         f"({'; '.join(changed)}); continue it with the same settings or choose another study_name")
+
+
+def _log_study_summary(study: optuna.Study, study_name: str, storage: str, parent_run_id: str) -> TuneResult:
+    """Log trial counts, ``best_lr`` / ``best_value`` (metrics: they change as the study goes on, and every call
+    logs them again at step = number of trials) and Optuna's figures on the parent run."""
+    trials = study.get_trials(deepcopy=False)
+    states = {state.name: sum(t.state == state for t in trials) for state in FINISHED_STATES}
+    tracking.log_metrics({f"n_trials_{name.lower()}": count for name, count in states.items()}, step=len(trials))
+    if not states["COMPLETE"]:
+        return TuneResult(study_name, storage, parent_run_id, None, None, states)
+    best = study.best_trial
+    tracking.log_metrics({"best_lr": best.params["lr"], "best_value": best.value}, step=len(trials))
+    tracking.set_tags({"segft.best_trial": str(best.number),
+                       "segft.best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    # one tuned parameter: its importance is 1 by construction, so the slice plot shows lr against Dice instead
+    tracking.log_figures({
+        "tuning/optimization_history.html": optuna.visualization.plot_optimization_history(study),
+        "tuning/lr_slice.html": optuna.visualization.plot_slice(study, params=["lr"]),
+        "tuning/intermediate_values.html": optuna.visualization.plot_intermediate_values(study),
+    })
+    return TuneResult(study_name, storage, parent_run_id, best.params["lr"], best.value, states)
