@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -249,11 +250,12 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
         base_model, model_config = load_base_model(base_uri, device)
     study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
     storage_url = config.storage or default_storage(tracking.tracking_uri())
-    study = optuna.create_study(
-        storage=optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                           grace_period=GRACE_PERIOD_S),
-        study_name=study_name, direction="maximize", pruner=pruner or make_pruner(config), load_if_exists=True,
-    )
+    with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                             grace_period=GRACE_PERIOD_S)
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                pruner=pruner or make_pruner(config), load_if_exists=True)
     _check_settings(study, _study_settings(config, base_uri), redact(storage_url))
     trials = _Trials(config, study_name, digest, train_set, validation,
                      make_patches(train_set, train_config.patch_size, device), device, base_uri, base_model,
