@@ -1,33 +1,131 @@
 """The MLflow pyfunc that segments whole images with a segft checkpoint.
 
 It is logged with MLflow's models-from-code (``segft/mlflow_model.py`` calls ``set_model``), so loading it
-unpickles none of our objects: the checkpoint folder is an artifact and the model is rebuilt from it.
+unpickles none of our objects: the checkpoint folder (``model.json`` + a plain tensor file read with
+``torch.load(weights_only=True)``) is an artifact and the model is rebuilt from it. A tampered checkpoint fails to
+load with ``segft.checkpoint.CheckpointError``.
+
+Input (``predict(model_input, params)``), any size, any dtype the readers accept (uint8, uint16, float...):
+
+* ``(H, W)``: one image;
+* ``(H, W, C)`` with ``C`` in 1-4: one colour image, turned into one channel by the readers' rule
+  (``segft.data.readers.to_single_channel``: BT.601 luminance, alpha ignored, grey-as-RGB kept);
+* ``(N, H, W)`` (with ``W`` > 4): a stack of images; ``(N, H, W, C)``: a stack of colour images.
+
+A 3-D array whose last axis has 1-4 entries is read as one colour image, never as a stack of images 1-4 pixels
+wide. Output: uint8 masks (1 = foreground) of the input's image shape, ``(H, W)`` or ``(N, H, W)``; float32
+foreground probabilities instead with ``return_probabilities``.
+
+Signature: MLflow's tensor specs fix the rank and require the exact dtype (``mlflow.models.utils.
+_enforce_tensor_spec`` casts nothing), so no tensor spec can say "2-D, 3-D or 4-D, uint8, uint16 or float". The
+signature therefore declares no input schema (MLflow then enforces nothing on the input, and this class checks it
+with one-line errors), declares the output of the common case (a uint8 ``(H, W)`` mask) and the ``params`` below;
+the logged input example, a 64 x 64 uint8 image, shows the input's form.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import mlflow.pyfunc
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from segft.checkpoint import load_checkpoint
-from segft.inference import SlidingWindowSegmenter
+from segft.checkpoint import InferenceSettings, load_checkpoint
+from segft.data.readers import to_single_channel
+from segft.inference import SlidingWindowSegmenter, resolve_autocast
 from segft.training import resolve_device
+
+#: ``predict`` params besides ``overlap`` (whose default is the overlap the model was evaluated with).
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_THRESHOLD = 0.5
+#: Colour images have at most this many channels (RGBA); see the module docstring for the rule.
+MAX_CHANNELS = 4
+
+
+def model_signature(settings: InferenceSettings) -> ModelSignature:
+    """The logged signature: no input schema (see the module docstring), a uint8 mask out, and the params."""
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1), name="mask")]),
+        params=ParamSchema([
+            ParamSpec("overlap", "double", float(settings.overlap)),
+            ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE),
+            ParamSpec("threshold", "double", DEFAULT_THRESHOLD),
+            ParamSpec("return_probabilities", "boolean", False),
+        ]),
+    )
+
+
+def example_image(size: int = 64) -> np.ndarray:
+    """The logged input example: a ``size`` x ``size`` uint8 image of a bright elongated cell on a dark ground.
+
+    Small on purpose: MLflow validates the example by loading the model and running ``predict`` on it.
+    """
+    rows, cols = np.mgrid[:size, :size]
+    cell = ((rows - size / 2) / (0.4 * size)) ** 2 + ((cols - size / 2) / (0.15 * size)) ** 2 < 1
+    return np.where(cell, 180, 30).astype(np.uint8)
+
+
+def as_images(model_input: Any) -> tuple[list[np.ndarray], Callable[[list[np.ndarray]], np.ndarray]]:
+    """Split a model input into 2-D single-channel images, and a function that gives their results its shape.
+
+    Raises:
+        ValueError: For an empty input or one that is no image, colour image or stack of them.
+        segft.data.readers.DataError: For a pixel type the readers refuse.
+    """
+    array = np.asarray(model_input)
+    if array.size == 0:
+        raise ValueError(f"expected an image, got an empty input of shape {array.shape}")
+    colour = array.ndim in (3, 4) and array.shape[-1] <= MAX_CHANNELS
+    if array.ndim == 2 or (array.ndim == 3 and colour):
+        return [to_single_channel(array, "model input")], lambda results: results[0]
+    if array.ndim in (3, 4) and (array.ndim == 3 or colour):
+        images = [to_single_channel(page, f"model input [{i}]") for i, page in enumerate(array)]
+        return images, np.stack
+    raise ValueError(
+        f"expected an image (H, W), a colour image (H, W, C<=4) or a stack (N, H, W) or (N, H, W, C<=4), "
+        f"got shape {array.shape}"
+    )
 
 
 class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
-    """Input: one image (H, W) or a stack (N, H, W); output: uint8 masks (1 = foreground) of the same shape."""
+    """Segments whole images: normalize, sliding window with Gaussian blending, threshold (see the module docs).
+
+    ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``auto``: CUDA when
+    present, else CPU) and ``autocast`` (``auto``: bfloat16 on CUDA, float32 on CPU; ``on``; ``off``).
+    """
 
     def load_context(self, context) -> None:
-        device = resolve_device("auto")
-        model, _, settings = load_checkpoint(context.artifacts["checkpoint"], device)
-        self.segmenter = SlidingWindowSegmenter(
-            model, patch_size=settings.patch_size, overlap=settings.overlap, device=device
-        )
+        config = context.model_config or {}
+        self.device = resolve_device(str(config.get("device", "auto")))
+        self.autocast = resolve_autocast(str(config.get("autocast", "auto")), self.device)
+        self.model, _, self.settings = load_checkpoint(context.artifacts["checkpoint"], self.device)
+        self.model.eval()
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        images = np.asarray(model_input)
-        if images.ndim not in (2, 3):
-            raise ValueError(f"expected an image (H, W) or a stack (N, H, W), got shape {images.shape}")
-        stack = images[None] if images.ndim == 2 else images
-        masks = np.stack([self.segmenter(image) for image in stack]).astype(np.uint8)
-        return masks[0] if images.ndim == 2 else masks
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Masks (uint8, 1 = foreground) or probabilities (float32) of the input's image shape.
+
+        Args:
+            context: Unused (MLflow's model context).
+            model_input: One image, a colour image or a stack (see the module docstring).
+            params: ``overlap``, ``batch_size``, ``threshold``, ``return_probabilities``; MLflow fills in the
+                signature's defaults.
+        """
+        params = params or {}
+        segmenter = SlidingWindowSegmenter(
+            self.model,
+            patch_size=self.settings.patch_size,
+            overlap=float(params.get("overlap", self.settings.overlap)),
+            batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
+            threshold=float(params.get("threshold", DEFAULT_THRESHOLD)),
+            device=self.device,
+            autocast=self.autocast,
+        )
+        if segmenter.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {segmenter.batch_size}")
+        images, shape_results = as_images(model_input)
+        if params.get("return_probabilities", False):
+            return shape_results([segmenter.probabilities(image).astype(np.float32) for image in images])
+        return shape_results([segmenter(image).astype(np.uint8) for image in images])

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_RUN_ID
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
 import segft
+from segft.checkpoint import read_checkpoint_config
 from segft.overlays import mask_png, overlay, to_grey
+from segft.pyfunc import example_image, model_signature
 from segft.training import EpochLog, ImageResult
 
 ROLE_TAG = "segft.role"
@@ -32,17 +32,13 @@ STUDY_TAG = "segft.study_id"
 RUN_KEY_TAG = "segft.run_key"
 ARM_TAG = "segft.arm"
 REPEAT_TAG = "segft.repeat"
+CHAMPION_TAG = "segft.champion"
 TUNING_STUDY_TAG = "segft.tuning_study"
 TRIAL_NUMBER_TAG = "segft.trial_number"
 #: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
 TRIAL_STATE_TAG = "segft.trial_state"
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
-#: The model's input: a stack of single-channel images (N, H, W); output: uint8 masks of the same shape.
-MODEL_SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-)
 
 
 def flatten_config(config: object) -> dict[str, object]:
@@ -147,28 +143,83 @@ def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tup
     return metrics
 
 
+def _pyfunc_arguments(checkpoint_dir: Path) -> dict[str, object]:
+    """The whole-image pyfunc of a checkpoint, as MLflow's ``log_model``/``save_model`` take it: models-from-code,
+    the checkpoint folder as artifact, and the signature and input example of ``segft.pyfunc``."""
+    package_dir = Path(segft.__file__).parent
+    _, settings = read_checkpoint_config(checkpoint_dir)
+    return {
+        "python_model": str(package_dir / "mlflow_model.py"),
+        "artifacts": {"checkpoint": str(checkpoint_dir)},
+        "code_paths": [str(package_dir)],
+        "signature": model_signature(settings),
+        "input_example": example_image(),
+        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
+                             "opencv-python-headless", "pandas", "tifffile", "tqdm"],
+    }
+
+
+def save_model(checkpoint_dir: Path, path: Path) -> Path:
+    """Write the checkpoint's whole-image pyfunc to a local folder, no tracking store involved (for example to
+    copy it elsewhere); ``mlflow.pyfunc.load_model(str(path))`` loads it. Returns ``path``."""
+    mlflow.pyfunc.save_model(str(path), **_pyfunc_arguments(checkpoint_dir))
+    return Path(path)
+
+
 def log_model(checkpoint_dir: Path, registered_name: str, version_tags: dict[str, str]) -> tuple[str, str]:
-    """Log the checkpoint as a whole-image pyfunc (models-from-code) and register it.
+    """Log the checkpoint as a whole-image pyfunc (see ``segft.pyfunc`` for its input, output, signature and
+    example) and register it.
 
     Returns:
         The registered model URI (``models:/<name>/<version>``) and the version.
     """
-    package_dir = Path(segft.__file__).parent
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(package_dir / "mlflow_model.py"),
-        artifacts={"checkpoint": str(checkpoint_dir)},
-        code_paths=[str(package_dir)],
-        signature=MODEL_SIGNATURE,
-        pip_requirements=["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
-                          "opencv-python-headless", "pandas", "tifffile", "tqdm"],
-        registered_model_name=registered_name,
-    )
+    info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name,
+                                   **_pyfunc_arguments(checkpoint_dir))
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in version_tags.items():
         client.set_model_version_tag(registered_name, version, key, value)
     return f"models:/{registered_name}/{version}", version
+
+
+def set_model_alias(model_uri: str, alias: str) -> None:
+    """Point ``alias`` of a registered model at the version ``models:/<name>/<version>`` (moving it if set).
+
+    Raises:
+        ValueError: If ``model_uri`` is not of that form.
+    """
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    if not model_uri.startswith("models:/") or not version.isdigit():
+        raise ValueError(f"expected a registered model version models:/<name>/<version>, got {model_uri!r}")
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """Load a logged segft pyfunc (``models:/segft-finetuned@champion``, ``runs:/...``, a folder...).
+
+    Raises:
+        ValueError: If MLflow cannot resolve or download the URI.
+        segft.checkpoint.CheckpointError: If the model's checkpoint is missing or was tampered with.
+    """
+    try:
+        return mlflow.pyfunc.load_model(model_uri, model_config=model_config)
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
+
+
+def log_validation(results: list[ImageResult], dataset: str) -> dict[str, float]:
+    """Log ``val_dice_<dataset>`` (mean per-image Dice on validation images, never test images) and
+    ``evaluation/val_per_image_dice.csv``; return the metric."""
+    table = evaluation_table(results)
+    metrics = {f"val_dice_{dataset}": float(table["dice"].mean())}
+    mlflow.log_metrics(metrics)
+    mlflow.log_text(table.to_csv(index=False), "evaluation/val_per_image_dice.csv")
+    return metrics
+
+
+def set_champion_tag(model_uri: str) -> None:
+    """Record on the active run (a study's parent) the model version it recommends (tag ``segft.champion``)."""
+    mlflow.set_tag(CHAMPION_TAG, model_uri)
 
 
 def set_model_uri_tag(model_uri: str) -> None:
