@@ -10,6 +10,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from segft.models import build_model
 from segft.models.freezing import freeze
 from segft.training import evaluate, make_patches, resolve_device, train
 
+#: The metric a study picks its champion by: Dice on Dataset 2 pool images the run did not train on.
+VALIDATION_METRIC = "val_dice_dataset2"
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -33,11 +37,13 @@ class RunResult:
         run_id: The MLflow run.
         model_uri: The registered model version, ``models:/<name>/<version>``.
         test_dice: ``{"test_dice_dataset1": ..., "test_dice_dataset2": ...}``.
+        val_dice: ``{"val_dice_dataset2": ...}`` when the run had validation images, else empty.
     """
 
     run_id: str
     model_uri: str
     test_dice: dict[str, float]
+    val_dice: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
@@ -78,7 +84,18 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
         registered_name=registry.finetuned_model_name,
         extra_params={"n_images": config.n_images, "base_model_uri": base_uri,
                       "base_run_id": tracking.model_source_run(base_uri) or ""},
+        validation_set=left_out_of_pool(split, range(config.n_images)),
     )
+
+
+def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
+    """The fine-tuning pool's images not at the (0-based) ``used`` positions, or None when all were used.
+
+    Fine-tuning runs validate on these: they are Dataset 2 images the run did not train on, and never test images.
+    """
+    used = set(used)
+    rest = [i for i in range(len(split.finetune_pool)) if i not in used]
+    return split.finetune_pool.subset(rest) if rest else None
 
 
 def resolve_base_model(
@@ -136,6 +153,7 @@ def train_and_log(
     nested: bool = False,
     extra_tags: dict[str, str] | None = None,
     run_name: str = "",
+    validation_set: ImageSet | None = None,
 ) -> RunResult:
     """Train ``model`` on ``train_set`` in one MLflow run, evaluate it on both test sets, log and register it.
 
@@ -152,27 +170,34 @@ def train_and_log(
         nested: Start the run as a child of the active run (studies).
         extra_tags: More run tags (study id, arm, repeat...).
         run_name: Shown in the MLflow UI; ``<role>`` or ``<role>-n<n_images>`` when empty.
+        validation_set: Images, never test images, to score after training: logged as ``val_dice_<name>`` (and
+            ``evaluation/val_per_image_dice.csv``) and used for model selection (a study's ``champion``).
     """
     device = resolve_device(config.device)
     model = model.to(device)
     patches = make_patches(train_set, config.patch_size, device)
-    tags = {tracking.ROLE_TAG: role, tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder,
-            **(extra_tags or {})}
+    tags = {tracking.ROLE_TAG: role, tracking.ARM_TAG: "raw" if role == "base" else role,
+            tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder, **(extra_tags or {})}
     run_name = run_name or (role if role == "base" else f"{role}-n{extra_params['n_images']}")
     with tracking.start_run(run_name, tags, new_run=new_run, nested=nested) as run:
         tracking.log_params({**tracking.flatten_config(config), **extra_params, "data_digest": digest,
                              "data_source": train_set.source, "train_patches": len(patches)})
-        tracking.log_split({**split.file_names(), "train": list(train_set.names)})
+        validation = {"validation": list(validation_set.names)} if validation_set else {}
+        tracking.log_split({**split.file_names(), "train": list(train_set.names), **validation})
         train(model, patches, config, on_epoch=tracking.log_epoch, description=run_name)
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device)
         results = [r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)]
         images = {(s.name, n): (i, m) for s in split.test_sets() for n, i, m in zip(s.names, s.images, s.masks)}
         metrics = tracking.log_evaluation(results, images)
+        val_dice = {}
+        if validation_set:
+            val_dice = tracking.log_validation(evaluate(segmenter, validation_set), validation_set.name)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
                                          Path(tmp) / "checkpoint")
-            version_tags = {**tags, "run_id": run.info.run_id, "n_images": str(extra_params["n_images"]),
-                            **{key: f"{value:.4f}" for key, value in metrics.items()}}
+            version_tags = {**tags, "run_id": run.info.run_id, "arm": tags[tracking.ARM_TAG],
+                            "n_images": str(extra_params["n_images"]),
+                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_dice}.items()}}
             model_uri = tracking.log_model(checkpoint, registered_name, version_tags)[0]
         tracking.set_model_uri_tag(model_uri)
-    return RunResult(run_id=run.info.run_id, model_uri=model_uri, test_dice=metrics)
+    return RunResult(run_id=run.info.run_id, model_uri=model_uri, test_dice=metrics, val_dice=val_dice)

@@ -3,6 +3,11 @@
 All runs of a study share the tag ``segft.study_id``, a digest of the study's settings and data, and hang under
 one parent run so the MLflow UI shows the study as a tree. Started again with the same settings, a study reuses
 every run that already finished (and its registered model) instead of training it again.
+
+At the end a study points two aliases of the registry at its models: ``base`` at the base model it used, and
+``champion`` at the fine-tuned version it recommends (``choose_champion``), so that
+``models:/segft-finetuned@champion`` segments new images with it. A resumed study sets them again from its
+finished runs' metrics; the newest study to finish owns the aliases.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from segft.config import StudyConfig, TrainConfig
 from segft.data.study import StudySplit, load_study, split_study
 from segft.models import build_model
 from segft.models.freezing import freeze
-from segft.runs import RunResult, _train_base, load_base_model, train_and_log
+from segft.runs import VALIDATION_METRIC, RunResult, _train_base, left_out_of_pool, load_base_model, train_and_log
 from segft.training import resolve_device
 
 
@@ -69,14 +74,46 @@ def plan_runs(config: StudyConfig, pool_size: int) -> list[PlannedRun]:
     return plan
 
 
+#: Registry aliases a study sets: its recommended fine-tuned version, and the base model version it used.
+CHAMPION_ALIAS = "champion"
+BASE_ALIAS = "base"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fine-tuned model a study may recommend: its run key, model, size, repeat and validation Dice (None when
+    it trained on the whole pool and had no image left to validate on)."""
+
+    key: str
+    model_uri: str
+    n_images: int
+    repeat: int
+    val_dice: float | None
+
+
+def choose_champion(candidates: list[Candidate]) -> Candidate | None:
+    """The fine-tuned model a study recommends; it never looks at test images.
+
+    Rule: the highest validation Dice (``val_dice_dataset2``: Dataset 2 pool images the run did not train on);
+    ties go to more images, then the lower repeat. Runs without validation images compete only when no run has
+    any: then the one with the most images wins, ties going to repeat 0 (the lowest repeat). None for no candidates.
+    """
+    validated = [c for c in candidates if c.val_dice is not None]
+    if validated:
+        return max(validated, key=lambda c: (c.val_dice, c.n_images, -c.repeat))
+    return max(candidates, key=lambda c: (c.n_images, -c.repeat), default=None)
+
+
 @dataclass(frozen=True)
 class StudyResult:
-    """A finished study: its id, parent run and the child runs by key (``base``, ``finetune/n5/r0``, ...)."""
+    """A finished study: its id, parent run, the child runs by key (``base``, ``finetune/n5/r0``, ...) and the
+    champion's model URI (None when the study ran no ``finetune`` arm)."""
 
     study_id: str
     parent_run_id: str
     runs: dict[str, RunResult]
     reused: tuple[str, ...]
+    champion: str | None = None
 
 
 def run_study(config: StudyConfig) -> StudyResult:
@@ -108,12 +145,31 @@ def run_study(config: StudyConfig) -> StudyResult:
                 continue
             results[planned.key] = _run_arm(planned, config, split, digest, results["base"].model_uri, device,
                                             {**child_tags, tracking.RUN_KEY_TAG: planned.key})
-    return StudyResult(sid, parent.info.run_id, results, tuple(key for key in results if key in finished))
+        champion = _set_aliases(plan, results)
+    reused = tuple(key for key in results if key in finished)
+    return StudyResult(sid, parent.info.run_id, results, reused, champion.model_uri if champion else None)
+
+
+def _set_aliases(plan: list[PlannedRun], results: dict[str, RunResult]) -> Candidate | None:
+    """Point ``base`` at the study's base model and ``champion`` at ``choose_champion``'s pick; tag the parent."""
+    tracking.set_model_alias(results["base"].model_uri, BASE_ALIAS)
+    candidates = [Candidate(p.key, results[p.key].model_uri, p.n_images, p.repeat,
+                            results[p.key].val_dice.get(VALIDATION_METRIC)) for p in plan if p.arm == "finetune"]
+    champion = choose_champion(candidates)
+    if champion:
+        tracking.set_model_alias(champion.model_uri, CHAMPION_ALIAS)
+        tracking.set_champion_tag(champion.model_uri)
+    return champion
 
 
 def _as_result(run) -> RunResult:
-    metrics = {name: value for name, value in run.data.metrics.items() if name.startswith("test_dice_")}
-    return RunResult(run_id=run.info.run_id, model_uri=run.data.tags[tracking.MODEL_URI_TAG], test_dice=metrics)
+    metrics = run.data.metrics
+    return RunResult(
+        run_id=run.info.run_id,
+        model_uri=run.data.tags[tracking.MODEL_URI_TAG],
+        test_dice={name: value for name, value in metrics.items() if name.startswith("test_dice_")},
+        val_dice={name: value for name, value in metrics.items() if name.startswith("val_dice_")},
+    )
 
 
 def _run_arm(
@@ -152,4 +208,5 @@ def _run_arm(
         nested=True,
         extra_tags={**tags, tracking.ARM_TAG: planned.arm, tracking.REPEAT_TAG: str(planned.repeat)},
         run_name=f"{planned.arm}-n{planned.n_images}-r{planned.repeat}",
+        validation_set=left_out_of_pool(split, planned.pool_indices) if planned.arm == "finetune" else None,
     )
