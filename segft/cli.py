@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from segft.config import (BaseConfig, FinetuneConfig, RegistryConfig, ReportConfig, StudyConfig, TrainConfig,
                           TuneConfig)
+from segft.config import PredictConfig
 from segft.data.readers import DataError
 from segft.presets import preset_train_config
 
@@ -95,8 +96,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, from_preset
             parse, default, note = _or_unset(parse), None, "(default: from the preset)"
         else:
             note = f"(default: {shown!r})"
+        switch = {"nargs": "?", "const": True} if kind is bool else {}  # a bare --overlays means true
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default, help=f"{doc} {note}"
+            f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default, help=f"{doc} {note}",
+            **switch,
         )
 
 
@@ -132,6 +135,9 @@ def _run_study(args: argparse.Namespace) -> None:
     if result.reused:
         print(f"reused {len(result.reused)} finished runs of study {result.study_id}: {', '.join(result.reused)}")
     print(text_summary(report))
+    if result.champion:
+        print(f"recommended model (validation Dice on held-out pool images): {result.champion}, alias "
+              f"models:/{config.registry.finetuned_model_name}@champion")
 
 
 def _run_tune(args: argparse.Namespace) -> None:
@@ -166,6 +172,15 @@ def _print_result(result) -> None:
     print(f"run {result.run_id}: {scores}; model {result.model_uri}")
 
 
+def _run_predict(args: argparse.Namespace) -> None:
+    from segft.predict import predict
+
+    config = config_from_args(PredictConfig, args)
+    written = predict(config)
+    masks = sum(len(p.masks) for p in written)
+    print(f"segmented {len(written)} file(s) with {config.model}: {masks} mask file(s) in {config.output}")
+
+
 def _write_synthetic(args: argparse.Namespace) -> None:
     from segft.data.synthetic import make_microtube_study, write_study
 
@@ -198,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="tune the learning rate with Optuna on validation images, in MLflow")
     add_config_arguments(tune, TuneConfig)
     tune.set_defaults(handler=_run_tune)
+
+    predict = commands.add_parser("predict", help="segment image files with a registered model, write mask files")
+    add_config_arguments(predict, PredictConfig)
+    predict.set_defaults(handler=_run_predict)
 
     data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic microtube study as image files")

@@ -6,6 +6,7 @@ false negative = cyan; true negatives show the image only.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from segft.data.normalize import normalize_image
@@ -14,6 +15,8 @@ from segft.data.normalize import normalize_image
 TP_COLOUR = (0, 200, 0)
 FP_COLOUR = (230, 0, 230)
 FN_COLOUR = (0, 220, 230)
+#: RGB colour of a predicted contour drawn without ground truth (``contour_overlay``).
+CONTOUR_COLOUR = (255, 215, 0)
 OPACITY = 0.5
 
 
@@ -41,3 +44,16 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
 def mask_png(mask: np.ndarray) -> np.ndarray:
     """A boolean mask as a uint8 0/255 image that any viewer shows."""
     return mask.astype(np.uint8) * 255
+
+
+def contour_overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = CONTOUR_COLOUR,
+                    thickness: int = 1) -> np.ndarray:
+    """The grey image with the outline of ``mask`` (nonzero = foreground) drawn on it: (H, W, 3) uint8 RGB.
+
+    Raises:
+        ValueError: If the image is not 2-D or the shapes differ.
+    """
+    if image.ndim != 2 or image.shape != mask.shape:
+        raise ValueError(f"need a 2-D image and a mask of the same shape, got {image.shape} and {mask.shape}")
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return cv2.drawContours(to_grey_rgb(image), contours, -1, colour, thickness)

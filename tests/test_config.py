@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from segft.cli import _leaf_fields, _default, build_parser, config_from_args
-from segft.config import (BaseConfig, FinetuneConfig, ModelConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig)
+from segft.config import (BaseConfig, FinetuneConfig, ModelConfig, PredictConfig, ReportConfig, StudyConfig,
+                          TrainConfig, TuneConfig)
 from segft.presets import PRESETS, preset_train_config
 
 MLPROJECT = Path(__file__).resolve().parents[1] / "MLproject"
 ENTRY_POINTS = [("base", BaseConfig), ("finetune", FinetuneConfig), ("study", StudyConfig), ("analyze", ReportConfig),
-                ("tune", TuneConfig)]
+                ("tune", TuneConfig), ("predict", PredictConfig)]
 #: Study parameters that come from the preset when left empty.
 FROM_PRESET = {field.name for field, _, _ in _leaf_fields(TrainConfig)}
 

@@ -1,0 +1,155 @@
+"""``segft predict`` with a model saved to a local folder: files, folders and stacks in, masks out, inputs untouched."""
+
+from __future__ import annotations
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from segft import cli, tracking
+from segft.checkpoint import InferenceSettings, save_checkpoint
+from segft.config import ModelConfig, PredictConfig
+from segft.data.readers import read_images, read_masks, read_pages
+from segft.models import build_model
+from segft.predict import list_inputs, page_stems
+
+CONFIG = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    """A small random model saved as a pyfunc folder (``--model`` takes any MLflow model URI, folders included)."""
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    root = tmp_path_factory.mktemp("model")
+    checkpoint = save_checkpoint(model.eval(), CONFIG, InferenceSettings(patch_size=32), root / "checkpoint")
+    return str(tracking.save_model(checkpoint, root / "pyfunc"))
+
+
+@pytest.fixture(scope="module")
+def pyfunc(model_path):
+    return mlflow.pyfunc.load_model(model_path)
+
+
+def _write_png(path, array):
+    cv2.imencode(".png", array)[1].tofile(path)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A folder with an 8-bit PNG, a 3-page 16-bit TIFF stack and an RGB PNG, in natural order img1, img2, img10."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_png(folder / "img1.png", (rng.random((45, 61)) * 255).astype(np.uint8))
+    tifffile.imwrite(folder / "img2.tif", (rng.random((3, 40, 50)) * 65535).astype(np.uint16),
+                     photometric="minisblack")
+    _write_png(folder / "img10.png", (rng.random((30, 40, 3)) * 255).astype(np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _snapshot(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def _predict(model_path, *args) -> int:
+    return cli.main(["predict", "--model", model_path, *map(str, args)])
+
+
+def test_folder_in_tif_masks_out_stacks_stay_stacks(model_path, pyfunc, inputs, tmp_path, capsys):
+    before = _snapshot(inputs)
+    out = tmp_path / "masks"
+    assert _predict(model_path, "--input", inputs, "--output", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img10_mask.tif", "img1_mask.tif", "img2_mask.tif"]
+    for stem in ("img1", "img2", "img10"):
+        source = next(inputs.glob(f"{stem}.*"))
+        images, masks = read_images(source), read_masks(out / f"{stem}_mask.tif")
+        assert len(masks) == len(images)
+        for image, mask in zip(images, masks):
+            np.testing.assert_array_equal(mask, pyfunc.predict(image) > 0)
+    assert np.unique(read_pages(out / "img2_mask.tif")[0]).tolist() in ([0], [255], [0, 255])
+    assert _snapshot(inputs) == before
+    assert "3 file(s)" in capsys.readouterr().out
+
+
+def test_png_format_writes_one_file_per_page_and_overlays(model_path, inputs, tmp_path):
+    out = tmp_path / "masks"
+    assert _predict(model_path, "--input", inputs, "--output", out, "--format", "png", "--overlays") == 0
+    names = sorted(p.name for p in out.iterdir())
+    pages = [f"img2-p00{i}" for i in (1, 2, 3)]
+    assert names == sorted([f"{s}_mask.png" for s in ["img1", "img10", *pages]]
+                           + [f"{s}_overlay.png" for s in ["img1", "img10", *pages]])
+    overlay = read_pages(out / "img1_overlay.png")[0]
+    assert overlay.shape == (45, 61, 3) and overlay.dtype == np.uint8
+
+
+def test_single_file_next_to_itself(model_path, inputs):
+    before = _snapshot(inputs)
+    assert _predict(model_path, "--input", inputs / "img2.tif", "--output", inputs) == 0
+    assert len(read_masks(inputs / "img2_mask.tif")) == 3
+    after = _snapshot(inputs)
+    assert {name: after[name] for name in before} == before
+
+
+def test_settings_reach_the_model(model_path, pyfunc, inputs, tmp_path):
+    out = tmp_path / "masks"
+    assert _predict(model_path, "--input", inputs / "img1.png", "--output", out, "--threshold", "0.2",
+                    "--overlap", "0.25", "--batch-size", "2", "--device", "cpu", "--autocast", "off") == 0
+    image = read_images(inputs / "img1.png")[0]
+    expected = pyfunc.predict(image, params={"threshold": 0.2, "overlap": 0.25})
+    np.testing.assert_array_equal(read_masks(out / "img1_mask.tif")[0], expected > 0)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda inputs, tmp: ["--input", inputs, "--output", inputs], "is the input folder"),
+    (lambda inputs, tmp: ["--input", tmp / "missing", "--output", tmp / "out"], "no such file or folder"),
+    (lambda inputs, tmp: ["--input", inputs / "notes.txt", "--output", tmp / "out"], "not an image file"),
+    (lambda inputs, tmp: ["--input", inputs, "--output", ""], "needs --input"),
+    (lambda inputs, tmp: ["--input", inputs, "--output", tmp / "out", "--format", "jpg"], "unknown format"),
+])
+def test_bad_requests_fail_in_one_line_and_write_nothing(model_path, inputs, tmp_path, capsys, make_args, message):
+    before = _snapshot(inputs)
+    assert _predict(model_path, *make_args(inputs, tmp_path)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("segft: error:") and message in error
+    assert _snapshot(inputs) == before and not (tmp_path / "out").exists()
+
+
+def test_missing_model_is_reported(inputs, tmp_path, capsys):
+    assert _predict(str(tmp_path / "no-model"), "--input", inputs, "--output", tmp_path / "out") == 2
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_folder_listing_is_natural_and_refuses_clashing_names(inputs, tmp_path):
+    assert [p.name for p in list_inputs(inputs)] == ["img1.png", "img2.tif", "img10.png"]
+    _write_png(inputs / "img1.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="img1.png and img1.tif"):
+        list_inputs(inputs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no image file"):
+        list_inputs(empty)
+
+
+def test_page_names_match_the_dataset_convention():
+    assert page_stems("a", 1) == ["a"]
+    assert page_stems("a", 3) == ["a-p001", "a-p002", "a-p003"]
+
+
+def test_default_model_is_the_champion():
+    assert PredictConfig().model == "models:/segft-finetuned@champion"
