@@ -13,9 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import (BaseConfig, FinetuneConfig, RegistryConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig)
-from segft.config import PredictConfig
+from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, RegistryConfig, ReportConfig, StudyConfig,
+                          TrainConfig, TuneConfig)
 from segft.data.readers import DataError
 from segft.presets import preset_train_config
 
