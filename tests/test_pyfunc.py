@@ -206,6 +206,13 @@ def test_tampered_weights_are_refused_without_running_code(saved, tmp_path):
     assert not (tmp_path / "code-ran").exists()
 
 
+def test_load_time_settings_reach_the_model(saved):
+    with pytest.raises(ValueError, match="unknown autocast mode 'sometimes'"):
+        tracking.load_model(str(saved[0]), {"device": "cpu", "autocast": "sometimes"})
+    model = tracking.load_model(str(saved[0]), {"device": "cpu", "autocast": "off"})
+    assert model.predict(_image((40, 40))).shape == (40, 40)
+
+
 def test_unknown_model_uri_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load model"):
         tracking.load_model(str(tmp_path / "no-such-model"))
