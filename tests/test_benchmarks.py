@@ -1,0 +1,22 @@
+"""The benchmarks run (smoke mode); their timings are not checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_inference_benchmark_smoke(tmp_path):
+    out = tmp_path / "inference.json"
+    completed = subprocess.run([sys.executable, str(PROJECT / "benchmarks" / "inference.py"), "--smoke", "--device",
+                                "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["image"] == [256, 256] and report["device"] == "cpu" and report["windows"] == 9
+    assert [row["precision"] for row in report["results"]] == ["float32"]
+    assert report["results"][0]["megapixels_per_s"] > 0
+    assert "MP/s" in completed.stdout
