@@ -79,7 +79,8 @@ def test_checkpoint_folder_holds_a_description_and_plain_weights(saved):
     description = json.loads((saved / CONFIG_FILE).read_text())
     assert description == {
         "format": FORMAT,
-        "model": {"encoder": "resnet18", "encoder_weights": "", "encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+        "model": {"arch": "attention_unet", "encoder": "resnet18", "encoder_weights": "", "encoder_depth": 3,
+                  "decoder_channels": [16, 8, 4]},
         "inference": {"patch_size": 32, "overlap": 0.25},
     }
     state = torch.load(saved / WEIGHTS_FILE, weights_only=True)
