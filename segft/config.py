@@ -247,7 +247,8 @@ class PredictConfig:
         overlap: Fraction of the window shared by neighbouring windows.
         threshold: Foreground probability above which a pixel is foreground.
         batch_size: Windows per forward pass.
-        autocast: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``on`` or ``off``.
+        autocast: ``off`` (float32, the default until bfloat16 is checked on a GPU), ``auto`` (bfloat16 on
+            CUDA, float32 on CPU) or ``on``.
     """
 
     model: str = "models:/segft-finetuned@champion"
@@ -259,7 +260,7 @@ class PredictConfig:
     overlap: float = 0.5
     threshold: float = 0.5
     batch_size: int = 16
-    autocast: str = "auto"
+    autocast: str = "off"
 
     def __post_init__(self) -> None:
         """Refuse settings that could only fail after the model is loaded.

@@ -94,13 +94,13 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
     """Segments whole images: normalize, sliding window with Gaussian blending, threshold (see the module docs).
 
     ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``auto``: CUDA when
-    present, else CPU) and ``autocast`` (``auto``: bfloat16 on CUDA, float32 on CPU; ``on``; ``off``).
+    present, else CPU) and ``autocast`` (``off``, the default: float32; ``auto``: bfloat16 on CUDA, float32 on CPU; ``on``).
     """
 
     def load_context(self, context) -> None:
         config = context.model_config or {}
         self.device = resolve_device(str(config.get("device", "auto")))
-        self.autocast = resolve_autocast(str(config.get("autocast", "auto")), self.device)
+        self.autocast = resolve_autocast(str(config.get("autocast", "off")), self.device)
         self.model, _, self.settings = load_checkpoint(context.artifacts["checkpoint"], self.device)
         self.model.eval()
 

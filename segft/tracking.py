@@ -154,7 +154,7 @@ def _pyfunc_arguments(checkpoint_dir: Path) -> dict[str, object]:
         "code_paths": [str(package_dir)],
         "signature": model_signature(settings),
         "input_example": example_image(),
-        "model_config": {"device": "auto", "autocast": "auto"},  # load_model(model_config=...) may override these
+        "model_config": {"device": "auto", "autocast": "off"},  # load_model(model_config=...) may override these
         "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
                              "opencv-python-headless", "pandas", "tifffile", "tqdm"],
     }

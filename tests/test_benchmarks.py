@@ -20,3 +20,14 @@ def test_inference_benchmark_smoke(tmp_path):
     assert [row["precision"] for row in report["results"]] == ["float32"]
     assert report["results"][0]["megapixels_per_s"] > 0
     assert "MP/s" in completed.stdout
+
+
+def test_training_benchmark_smoke(tmp_path):
+    out = tmp_path / "training.json"
+    completed = subprocess.run([sys.executable, str(PROJECT / "benchmarks" / "training.py"), "--smoke", "--device",
+                                "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(m["model"], m["batch_size"]) for m in report["measurements"]] == [("default", 2), ("paulow", 2)]
+    assert all(m["steps_per_s"] > 0 and m["protocol_minutes"] > 0 for m in report["measurements"])
+    assert report["peak_memory_mb"] > 0 and "faster than paulow" in completed.stdout
