@@ -193,29 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    base = commands.add_parser("base", help="train the base model on Dataset 1, evaluate on both test sets")
-    add_config_arguments(base, BaseConfig)
-    base.set_defaults(handler=_run_base)
-
-    finetune = commands.add_parser("finetune", help="fine-tune a base model with n_images Dataset 2 images")
-    add_config_arguments(finetune, FinetuneConfig)
-    finetune.set_defaults(handler=_run_finetune)
-
-    study = commands.add_parser("study", help="the whole study: base model, every arm, size and repeat, report")
-    add_config_arguments(study, StudyConfig, from_preset=TrainConfig)
-    study.set_defaults(handler=_run_study)
-
-    report = commands.add_parser("report", help="read a study back from the tracking server and build its report")
-    add_config_arguments(report, ReportConfig)
-    report.set_defaults(handler=_run_report)
-
-    tune = commands.add_parser("tune", help="tune the learning rate with Optuna on validation images, in MLflow")
-    add_config_arguments(tune, TuneConfig)
-    tune.set_defaults(handler=_run_tune)
-
-    predict = commands.add_parser("predict", help="segment image files with a registered model, write mask files")
-    add_config_arguments(predict, PredictConfig)
-    predict.set_defaults(handler=_run_predict)
+    for name, config_class, handler, help_text in (
+        ("base", BaseConfig, _run_base, "train the base model on Dataset 1, evaluate on both test sets"),
+        ("finetune", FinetuneConfig, _run_finetune, "fine-tune a base model with n_images Dataset 2 images"),
+        ("study", StudyConfig, _run_study, "the whole study: base model, every arm, size and repeat, report"),
+        ("report", ReportConfig, _run_report, "read a study back from the tracking server and build its report"),
+        ("tune", TuneConfig, _run_tune, "tune the learning rate with Optuna on validation images, in MLflow"),
+        ("predict", PredictConfig, _run_predict, "segment image files with a registered model, write mask files"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        add_config_arguments(command, config_class, from_preset=TrainConfig if name == "study" else None)
+        command.set_defaults(handler=handler)
 
     data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic microtube study as image files")

@@ -22,6 +22,20 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 
 
+@pytest.fixture()
+def store(tmp_path, monkeypatch, empty_sqlite_store) -> MlflowClient:
+    """A fresh SQLite tracking store in a fresh working directory, used by the code under test through MLflow's
+    own URI setting (anything else a command writes next to it, like optuna.db, lands there too)."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(empty_sqlite_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield MlflowClient(uri)
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -14,16 +13,6 @@ from segft.data.synthetic import make_microtube_study, write_study
 from segft.runs import run_base, run_finetune
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch) -> MlflowClient:
-    """A fresh SQLite tracking store, used by the code under test through MLflow's own URI setting."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -16,17 +14,6 @@ from segft.config import ModelConfig, SplitConfig, TrainConfig, TuneConfig
 from segft.data.study import split_study
 from segft.data.synthetic import make_microtube_study, write_study
 from segft.tuning import default_storage, make_pruner, redact, run_tuning, tuning_sets
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch, empty_sqlite_store) -> MlflowClient:
-    """A fresh SQLite tracking store in the working directory; the Optuna study goes next to it by default."""
-    monkeypatch.chdir(tmp_path)
-    shutil.copyfile(empty_sqlite_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
