@@ -8,7 +8,14 @@ study to an ``mlflow server``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +27,41 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def loopback_process(command: list[str], ready_url: str, log_path: Path, timeout: float = 180, **popen_kwargs):
+    """Run a server (``mlflow server``, ``mlflow models serve``) in its own process group until ``ready_url``
+    answers; on exit end the whole group, helper processes included, so no stray process outlives the test."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, **popen_kwargs)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(ready_url, timeout=2)
+                    break
+                except OSError:
+                    if process.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"{command[:4]} did not start: {log_path.read_text()[-3000:]}")
+                    time.sleep(0.5)
+            yield process
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+            except ProcessLookupError:  # it had already exited
+                process.wait()
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture()

@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import tifffile
 import torch
 from mlflow import MlflowClient
 
+from conftest import free_port, loopback_process
 from segft import cli
 from segft.config import ModelConfig, SplitConfig, StudyConfig, TrainConfig
 from segft.data.readers import read_images, read_masks
@@ -131,34 +128,14 @@ def test_odd_sizes_from_python_and_a_16_bit_stack_from_the_command_line(study, t
     np.testing.assert_array_equal(masks[0], masks[2])  # 8 and 16 bit of the same scene normalize alike
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_with_a_mask(study, tmp_path):
     work, data, uri, _, _, _ = study
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=work, stdout=log, stderr=log, start_new_session=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri,  # the server runs `uvicorn` from the environment's bin/
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    log_text = (tmp_path / "serve.log").read_text()[-3000:]
-                    raise RuntimeError(f"mlflow models serve did not start: {log_text}")
-                time.sleep(0.5)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION, "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,  # the server runs `uvicorn` from the environment's bin/
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with loopback_process(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", cwd=work, env=env):
         image = read_images(data / "dataset2" / "images" / "004.png")[0]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": image.tolist()}).encode(),
@@ -168,18 +145,3 @@ def test_mlflow_models_serve_answers_with_a_mask(study, tmp_path):
             mask = np.array(json.loads(response.read())["predictions"])
         assert mask.shape == image.shape
         np.testing.assert_array_equal(mask, mlflow.pyfunc.load_model(CHAMPION).predict(image))
-    finally:
-        _end_group(process)
-        log.close()
-
-
-def _end_group(process: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except ProcessLookupError:  # it had already exited
-        process.wait()
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()

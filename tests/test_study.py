@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import html.parser
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from conftest import free_port, loopback_process
 from analysis.report import build_report, text_summary
 from segft.config import ReportConfig, StudyConfig
 from segft.data.synthetic import make_microtube_study, write_study
@@ -27,43 +23,17 @@ pytestmark = pytest.mark.slow
 SIZES, REPEATS, ARMS = (1, 2), 2, ("finetune", "scratch")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` with a SQLite backend on a loopback port, in its own process group (it starts helper
     processes), ended as a whole group."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    with loopback_process(command, f"http://127.0.0.1:{port}/health", root / "server.log", timeout=120, cwd=root):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
