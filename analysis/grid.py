@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from analysis.query import RAW_ARM, download
+from segft.overlays import draw_outline
 
 PREDICTION_COLOUR = (255, 215, 0)  # yellow
 TRUTH_COLOUR = (0, 230, 255)  # cyan
@@ -48,9 +49,7 @@ def contour_panel(grey: np.ndarray, mask: np.ndarray, colour: tuple[int, int, in
     """
     if grey.ndim != 2 or grey.shape != mask.shape:
         raise ValueError(f"need a 2-D image and a mask of the same shape, got {grey.shape} and {mask.shape}")
-    panel = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
-    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    return cv2.drawContours(panel, contours, -1, colour, thickness)
+    return draw_outline(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), mask, colour, thickness)
 
 
 def _text(text: str, width: int, height: int) -> np.ndarray:

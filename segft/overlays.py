@@ -55,5 +55,10 @@ def contour_overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int,
     """
     if image.ndim != 2 or image.shape != mask.shape:
         raise ValueError(f"need a 2-D image and a mask of the same shape, got {image.shape} and {mask.shape}")
+    return draw_outline(to_grey_rgb(image), mask, colour, thickness)
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> np.ndarray:
+    """Draw the outline of ``mask`` (nonzero = foreground) on the (H, W, 3) uint8 image ``rgb``, in place."""
     contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    return cv2.drawContours(to_grey_rgb(image), contours, -1, colour, thickness)
+    return cv2.drawContours(rgb, contours, -1, colour, thickness)
