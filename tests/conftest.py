@@ -78,6 +78,22 @@ def store(tmp_path, monkeypatch, empty_sqlite_store) -> MlflowClient:
     mlflow.set_tracking_uri(None)
 
 
+def perturbed_model(config):
+    """A model whose weights and batch-norm statistics differ from a freshly built one's (varied predictions)."""
+    import torch
+
+    from segft.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        model.train()
+        model(torch.randn(4, 1, 32, 32) * 3 + 1)  # moves the running means and variances
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine can be 100x slower."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import perturbed_model
 from segft.checkpoint import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, InferenceSettings, load_checkpoint,
                               read_checkpoint_config, save_checkpoint)
 from segft.config import ModelConfig
@@ -27,14 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def trained():
     """A model whose weights and batch-norm statistics differ from a freshly built one's."""
-    torch.manual_seed(0)
-    model = build_model(CONFIG)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-        model.train()
-        model(torch.randn(4, 1, 32, 32) * 3 + 1)  # moves the running means and variances
-    return model.eval()
+    return perturbed_model(CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -14,37 +14,24 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from conftest import perturbed_model
 from segft import tracking
 from segft.checkpoint import WEIGHTS_FILE, CheckpointError, InferenceSettings, save_checkpoint
 from segft.config import ModelConfig
 from segft.data.readers import DataError, to_single_channel
 from segft.inference import SlidingWindowSegmenter
-from segft.models import build_model
 from segft.pyfunc import as_images, example_image
 
 CONFIG = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 SETTINGS = InferenceSettings(patch_size=32, overlap=0.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine may be busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model() -> torch.nn.Module:
     """A small model whose weights and batch-norm statistics are not the initial ones (varied predictions)."""
-    torch.manual_seed(0)
-    model = build_model(CONFIG)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-        model.train()
-        model(torch.randn(4, 1, 32, 32) * 3 + 1)
-    return model.eval()
+    return perturbed_model(CONFIG)
 
 
 @pytest.fixture(scope="module")
