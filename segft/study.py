@@ -12,6 +12,7 @@ finished runs' metrics; the newest study to finish owns the aliases.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from segft import tracking
-from segft.config import StudyConfig, TrainConfig
+from segft.config import ModelConfig, StudyConfig, TrainConfig
 from segft.data.study import StudySplit, load_study, split_study
 from segft.models import build_model
 from segft.models.freezing import freeze
@@ -139,11 +141,14 @@ def run_study(config: StudyConfig) -> StudyResult:
         else:
             results["base"] = _train_base(train, config.registry, split, digest, nested=True,
                                           extra_tags={**child_tags, tracking.RUN_KEY_TAG: "base", tracking.ARM_TAG: "raw"})
+        base = None
         for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
             if planned.key in finished:
                 results[planned.key] = finished[planned.key]
                 continue
-            results[planned.key] = _run_arm(planned, config, split, digest, results["base"].model_uri, device,
+            if planned.arm != "scratch" and base is None:  # downloaded once, copied for every arm that needs it
+                base = load_base_model(results["base"].model_uri, device)
+            results[planned.key] = _run_arm(planned, config, split, digest, results["base"].model_uri, base,
                                             {**child_tags, tracking.RUN_KEY_TAG: planned.key})
         champion = _set_aliases(plan, results)
     reused = tuple(key for key in results if key in finished)
@@ -174,7 +179,7 @@ def _as_result(run) -> RunResult:
 
 def _run_arm(
     planned: PlannedRun, config: StudyConfig, split: StudySplit, digest: str, base_uri: str,
-    device: torch.device, tags: dict[str, str],
+    base: tuple[nn.Module, ModelConfig] | None, tags: dict[str, str],
 ) -> RunResult:
     train_config: TrainConfig = dataclasses.replace(config.train, seed=config.train.seed + planned.repeat)
     dataset2_images = split.finetune_pool.subset(planned.pool_indices)
@@ -182,7 +187,7 @@ def _run_arm(
     if planned.arm == "scratch":
         model = build_model(train_config.model)
     else:
-        model, model_config = load_base_model(base_uri, device)
+        model, model_config = copy.deepcopy(base[0]), base[1]  # copy before freezing: the original stays pristine
         model = freeze(model, train_config.freeze)
         train_config = dataclasses.replace(train_config, model=model_config)
     train_set = dataset2_images
