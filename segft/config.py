@@ -89,6 +89,10 @@ class SplitConfig:
 
 #: What training from a base model may keep fixed (see ``segft.models.freezing``).
 FREEZE_MODES = ("none", "norm", "encoder")
+#: How a training step runs (see ``segft.train_step``).
+STEP_MODES = ("auto", "eager", "compile", "cuda_graph")
+#: ``autocast`` settings: ``auto`` = bfloat16 autocast on CUDA, float32 elsewhere; ``on``; ``off`` (float32).
+AUTOCAST_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,12 @@ class TrainConfig:
         overlap: Fraction of the window shared by neighbouring windows at evaluation.
         freeze: What training from a base model (fine-tuning, joint) keeps fixed: ``none`` (the original
             protocol), ``norm`` (normalization statistics) or ``encoder`` (those and the encoder's weights).
+        step: How each training step runs: ``auto`` (``cuda_graph`` on CUDA, ``eager`` on CPU), ``eager``,
+            ``compile`` (``torch.compile``) or ``cuda_graph`` (the whole step captured once and replayed).
+        autocast: bfloat16 autocast of the forward pass in training: ``off`` (float32), ``auto`` (on CUDA only)
+            or ``on``; the loss and the optimizer stay float32.
+        channels_last: Keep the model's weights and activations in channels-last (NHWC) memory layout, which
+            oneDNN on CPU and cuDNN on GPU run faster.
         model: Architecture settings.
         loss: Dynamic-loss settings.
         split: Which images train, fine-tune and test.
@@ -120,6 +130,9 @@ class TrainConfig:
     device: str = "auto"
     overlap: float = 0.5
     freeze: str = "none"
+    step: str = "auto"
+    autocast: str = "off"
+    channels_last: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -128,8 +141,8 @@ class TrainConfig:
         """Refuse settings that could only fail later, once an MLflow run exists.
 
         Raises:
-            ValueError: For non-positive epochs, batch size or learning rate, an overlap outside [0, 1), or a
-                patch size the encoder cannot halve ``encoder_depth`` times.
+            ValueError: For non-positive epochs, batch size or learning rate, an overlap outside [0, 1), an
+                unknown freeze, step or autocast mode, or a patch size the encoder cannot halve ``encoder_depth`` times.
         """
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
@@ -137,6 +150,10 @@ class TrainConfig:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.freeze not in FREEZE_MODES:
             raise ValueError(f"unknown freeze mode {self.freeze!r}; choose from {list(FREEZE_MODES)}")
+        if self.step not in STEP_MODES:
+            raise ValueError(f"unknown step mode {self.step!r}; choose from {list(STEP_MODES)}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(f"unknown autocast mode {self.autocast!r}; choose from {list(AUTOCAST_MODES)}")
         factor = self.model.size_divisor
         if self.patch_size < factor or self.patch_size % factor:
             raise ValueError(
@@ -226,8 +243,6 @@ class StudyConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
 
-#: ``autocast`` settings: ``auto`` = bfloat16 autocast on CUDA, float32 elsewhere; ``on``; ``off`` (float32).
-AUTOCAST_MODES = ("auto", "on", "off")
 #: File formats ``predict`` writes masks in.
 MASK_FORMATS = ("tif", "png")
 

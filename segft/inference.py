@@ -78,7 +78,11 @@ def sliding_window_predict(
 
 @dataclass(frozen=True)
 class SlidingWindowSegmenter:
-    """A model plus the settings to segment raw images with it: normalize, slide, blend, threshold."""
+    """A model plus the settings to segment raw images with it: normalize, slide, blend, threshold.
+
+    ``channels_last`` puts the model's weights in channels-last layout (in place), which makes every convolution
+    take its faster NHWC path (about 1.5x on a 2-core CPU; see the README's Performance section).
+    """
 
     model: nn.Module
     patch_size: int = 128
@@ -87,6 +91,11 @@ class SlidingWindowSegmenter:
     threshold: float = 0.5
     device: torch.device | str = "cpu"
     autocast: bool = False
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """(H, W) raw image of any dtype -> (H, W) foreground probabilities."""

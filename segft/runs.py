@@ -185,7 +185,8 @@ def train_and_log(
         validation = {"validation": list(validation_set.names)} if validation_set else {}
         tracking.log_split({**split.file_names(), "train": list(train_set.names), **validation})
         train(model, patches, config, on_epoch=tracking.log_epoch, description=run_name)
-        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device)
+        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
+                                           channels_last=config.channels_last)
         results = [r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)]
         images = {(s.name, n): (i, m) for s in split.test_sets() for n, i, m in zip(s.names, s.images, s.masks)}
         metrics = tracking.log_evaluation(results, images)

@@ -1,7 +1,8 @@
 """The training loop and the evaluation of a model on a test set.
 
 Reads as nnU-Net's ``run_training``: patches are cut once and kept on the device, then each epoch is one
-``train_epoch`` followed by a callback that logs it; evaluation segments whole test images.
+``train_epoch`` (its steps run as ``segft.train_step`` says) followed by a callback that logs it; evaluation
+segments whole test images.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from segft.config import TrainConfig
 from segft.data.imageset import ImageSet
 from segft.data.normalize import normalize_image
 from segft.data.patches import extract_patches
-from segft.inference import SlidingWindowSegmenter
+from segft.inference import SlidingWindowSegmenter, resolve_autocast
 from segft.losses import BRANCHES, DynamicLoss
 from segft.metrics import Counts, confusion_counts
+from segft.train_step import StepFn, make_optimizer, make_train_step, resolve_step_mode
 
 
 @dataclass(frozen=True)
@@ -64,29 +66,23 @@ class EpochLog:
 
 
 def train_epoch(
-    model: nn.Module,
-    patches: Patches,
-    loss_fn: DynamicLoss,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    generator: torch.Generator,
+    step: StepFn, patches: Patches, batch_size: int, generator: torch.Generator
 ) -> tuple[float, dict[str, int]]:
     """One pass over the patches in a random order; returns the mean loss and the branch counts.
 
-    Loss and counts are accumulated on the device and read once at the end (no per-step host sync).
+    Batches are gathered from the device-resident patches on the device; loss and branch counts are accumulated
+    there and read once at the end of the epoch (no per-step host sync, no per-step disk or host I/O).
     """
-    model.train()
-    order = torch.randperm(len(patches), generator=generator).to(patches.images.device)
-    total = torch.zeros((), device=patches.images.device)
-    counts = torch.zeros(len(BRANCHES), dtype=torch.long, device=patches.images.device)
+    device = patches.images.device
+    order = torch.randperm(len(patches), generator=generator).to(device)
+    total = torch.zeros((), device=device)
+    counts = torch.zeros(len(BRANCHES), dtype=torch.long, device=device)
+    branch_ids = torch.arange(len(BRANCHES), device=device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        loss, branch = loss_fn(model(patches.images[index]), patches.masks[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(index)
-        counts += torch.bincount(branch, minlength=len(BRANCHES))
+        loss, branch = step(patches.images[index], patches.masks[index])
+        total += loss * len(index)
+        counts += (branch[:, None] == branch_ids).sum(dim=0)  # not bincount: it syncs with the host on CUDA
     return total.item() / len(patches), dict(zip(BRANCHES, counts.tolist()))
 
 
@@ -100,9 +96,9 @@ def train(
     """Train ``model`` in place with Adam and the dynamic loss for ``config.epochs`` epochs.
 
     Args:
-        model: Already on the patches' device.
+        model: Already on the patches' device; put in channels-last layout when ``config.channels_last``.
         patches: Training patches (``make_patches``).
-        config: Epochs, batch size, learning rate, loss settings and seed (patch order).
+        config: Epochs, batch size, learning rate, loss settings, seed (patch order), step mode and precision.
         on_epoch: Called after every epoch, for example to log to MLflow.
         description: Label of the progress bar.
 
@@ -110,19 +106,26 @@ def train(
         One ``EpochLog`` per epoch.
 
     Raises:
-        ValueError: If there are no patches or the batch size or epochs are not positive.
+        ValueError: If there are no patches, the batch size or epochs are not positive, or the step mode does
+            not fit the device.
     """
     if len(patches) == 0:
         raise ValueError("no training patches")
     if config.batch_size < 1 or config.epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {config.batch_size} and {config.epochs}")
-    loss_fn = DynamicLoss(config.loss)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    device = patches.images.device
+    mode = resolve_step_mode(config.step, device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), config.lr, device, mode)
+    step = make_train_step(model, DynamicLoss(config.loss).to(device), optimizer, mode, config.batch_size,
+                           autocast=resolve_autocast(config.autocast, device))
     generator = torch.Generator().manual_seed(config.seed)
     logs = []
     progress = tqdm(range(config.epochs), desc=description, unit="epoch")
     for epoch in progress:
-        loss, counts = train_epoch(model, patches, loss_fn, optimizer, config.batch_size, generator)
+        model.train()  # on_epoch may have evaluated the model
+        loss, counts = train_epoch(step, patches, config.batch_size, generator)
         log = EpochLog(epoch=epoch, loss=loss, branch_counts=counts)
         progress.set_postfix(loss=f"{loss:.4f}")
         on_epoch(log)

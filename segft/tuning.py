@@ -205,7 +205,8 @@ class _Trials:
     def _reporter(self, trial: optuna.Trial, model: nn.Module, config: TrainConfig, scores: list[float]):
         """The training loop's ``on_epoch``: log the epoch; every ``report_every`` epochs (and after the last)
         score the validation images, log and report the score, and raise ``TrialPruned`` if the pruner says so."""
-        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=self.device)
+        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=self.device,
+                                           channels_last=config.channels_last)
 
         def on_epoch(log: EpochLog) -> None:
             tracking.log_epoch(log)
