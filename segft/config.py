@@ -24,7 +24,10 @@ class ModelConfig:
         arch: ``attention_unet`` (an smp encoder with our attention decoder) or ``paulow`` (the original study's
             network: 3 poolings, 64-512 channels, weight-standardized residual blocks, about 8.1 M parameters;
             the encoder settings below do not apply to it).
-        encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``).
+        encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``), timm's through
+            ``tu-<name>``. The default, MobileNetV3-Small (Howard et al. 2019) with a narrow decoder, trains 35x
+            faster than the original network on a CPU and segments a 2048 x 2048 image in about 3 s there (README,
+            "Performance"); ``resnet18`` with ``decoder_channels=128,64,32,16`` is a heavier classic.
         encoder_weights: Pretrained weights name for the encoder (for example ``imagenet``); empty for random
             initialisation. Empty by default because nothing may be downloaded at run time.
         encoder_depth: Number of encoder stages used (3-5); each halves the resolution.
@@ -32,10 +35,10 @@ class ModelConfig:
     """
 
     arch: str = "attention_unet"
-    encoder: str = "resnet18"
+    encoder: str = "tu-mobilenetv3_small_100"
     encoder_weights: str = ""
     encoder_depth: int = 4
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
+    decoder_channels: tuple[int, ...] = (32, 16, 8, 8)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:

@@ -22,8 +22,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 5,
         "batch_size": 8,
         "lr": 1e-3,
-        "encoder_depth": 3,
-        "decoder_channels": (32, 16, 8),
         "freeze": "encoder",
     },
 }

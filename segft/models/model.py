@@ -26,10 +26,10 @@ class AttentionUnet(nn.Module):
 
     def __init__(
         self,
-        encoder: str = "resnet18",
+        encoder: str = "tu-mobilenetv3_small_100",
         encoder_weights: str | None = None,
         encoder_depth: int = 4,
-        decoder_channels: tuple[int, ...] = (128, 64, 32, 16),
+        decoder_channels: tuple[int, ...] = (32, 16, 8, 8),
     ) -> None:
         super().__init__()
         self.encoder = smp.encoders.get_encoder(
