@@ -2,11 +2,10 @@
 
 ``protocol`` is the original study (100 epochs, batch 4, learning rate 1e-5: the dataclass defaults).
 ``quick`` makes the whole built-in study (base model, 4 sizes x 3 repeats x 2 arms) finish on a 2-core CPU in
-12.5 minutes (measured) while still showing the study's main findings: a shallower, narrower network (encoder
-depth 3, decoder 32-16-8), batch 8, learning rate 1e-3, 5 epochs, and fine-tuning with the encoder frozen
-(smp-style, every normalization layer's statistics included). At that learning rate full fine-tuning forgets
-Dataset 1 almost entirely on the built-in data (Dice 0.99 -> 0.45 with 5 images); with the encoder frozen
-Dataset 1 drops by 0.035 with 5 images and by 0.06-0.07 with 10-20 (see the README).
+under 5 minutes (measured) while still showing the study's main findings: batch 8, learning rate 1e-3, 5 epochs,
+and fine-tuning with the encoder frozen (smp-style, every normalization layer's statistics included). At that
+learning rate full fine-tuning forgot Dataset 1 almost entirely on the built-in data (Dice 0.99 -> 0.45 with 5
+images); with the encoder frozen Dataset 1 drops by 0.03-0.05 (see the README).
 """
 
 from __future__ import annotations

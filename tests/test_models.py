@@ -174,3 +174,12 @@ def test_weight_standardized_convolution_uses_zero_mean_unit_variance_weights():
 def test_unknown_arch_lists_the_valid_ones():
     with pytest.raises(ValueError, match="attention_unet.*paulow"):
         ModelConfig(arch="unetr")
+
+
+def test_default_model_is_the_light_mobilenet_attention_unet():
+    """The default (README "Performance"): timm's MobileNetV3-Small at depth 4, built offline, under a million weights."""
+    model = build_model(ModelConfig()).eval()
+    assert isinstance(model, AttentionUnet) and type(model.encoder).__name__ == "TimmUniversalEncoder"
+    assert 0.9e6 < sum(p.numel() for p in model.parameters()) < 1.0e6
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 128, 96)).shape == (2, 1, 128, 96)

@@ -42,7 +42,7 @@ def study(mlflow_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
     data = write_study(make_microtube_study(n_images=5), work / "data")
     train = preset_train_config("quick", {
-        "data_dir": str(data), "epochs": 1, "patch_size": 64, "decoder_channels": (16, 8, 4),
+        "data_dir": str(data), "epochs": 1, "patch_size": 64, "decoder_channels": (16, 8, 8, 4),
         "dataset1_train_images": 3, "dataset2_pool_images": 3,
     })
     config = StudyConfig(train=train, sizes=SIZES, repeats=REPEATS, arms=ARMS, report_dir=str(work / "report"))

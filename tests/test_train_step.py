@@ -11,7 +11,7 @@ from segft.models import build_model
 from segft.train_step import CUDA_GRAPH_WARMUP_STEPS, resolve_step_mode
 from segft.training import Patches, train
 
-TINY = ModelConfig(encoder_depth=3, decoder_channels=(16, 8, 4))
+TINY = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
