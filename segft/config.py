@@ -25,7 +25,7 @@ class ModelConfig:
             network: 3 poolings, 64-512 channels, weight-standardized residual blocks, about 8.1 M parameters;
             the encoder settings below do not apply to it).
         encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``), timm's through
-            ``tu-<name>``. The default, MobileNetV3-Small (Howard et al. 2019) with a narrow decoder, trains 35x
+            ``tu-<name>``. The default, MobileNetV3-Small (Howard et al. 2019) with a narrow decoder, trains 30x
             faster than the original network on a CPU and segments a 2048 x 2048 image in about 3 s there (README,
             "Performance"); ``resnet18`` with ``decoder_channels=128,64,32,16`` is a heavier classic.
         encoder_weights: Pretrained weights name for the encoder (for example ``imagenet``); empty for random
