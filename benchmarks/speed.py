@@ -36,10 +36,8 @@ import torch
 from segft.config import ModelConfig, PredictConfig, TrainConfig
 from segft.data.patches import grid
 from segft.inference import SlidingWindowSegmenter, window_stride
-from segft.losses import DynamicLoss
 from segft.models import build_model
-from segft.train_step import make_optimizer, make_train_step
-from segft.training import resolve_device
+from segft.training import prepare_train_step, resolve_device
 
 #: Steps of the original protocol at batch 4: (25 + 5 + 10 + 15 + 20 images) x 10 patches / 4 x 100 epochs.
 PROTOCOL_STEPS = 18_750
@@ -66,11 +64,12 @@ def synchronize(device: torch.device) -> None:
 def time_training(config: ModelConfig, mode: str, autocast: bool, batch_size: int, steps: int, patch_size: int,
                   device: torch.device, warmup: int) -> float:
     """Mean seconds per training step (forward, dynamic loss, backward, Adam) after ``warmup`` untimed steps,
-    as ``segft.training.train`` runs it: channels-last model, the step mode's optimizer and step function."""
+    set up exactly as ``segft.training.train`` sets it up (``prepare_train_step``)."""
     torch.manual_seed(0)
-    model = build_model(config).to(device, memory_format=torch.channels_last).train()
-    step = make_train_step(model, DynamicLoss().to(device), make_optimizer(model.parameters(), 1e-5, device, mode),
-                           mode, batch_size, autocast=autocast)
+    model = build_model(config).to(device).train()
+    train_config = TrainConfig(batch_size=batch_size, patch_size=patch_size, device=str(device), step=mode,
+                               autocast="on" if autocast else "off", model=config)
+    step = prepare_train_step(model, train_config, device)
     images = torch.rand(batch_size, 1, patch_size, patch_size, device=device)
     masks = (torch.rand(batch_size, 1, patch_size, patch_size, device=device) > 0.8).float()
     for index in range(warmup + steps):

@@ -113,13 +113,7 @@ def train(
         raise ValueError("no training patches")
     if config.batch_size < 1 or config.epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {config.batch_size} and {config.epochs}")
-    device = patches.images.device
-    mode = resolve_step_mode(config.step, device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), config.lr, device, mode)
-    step = make_train_step(model, DynamicLoss(config.loss).to(device), optimizer, mode, config.batch_size,
-                           autocast=resolve_autocast(config.autocast, device))
+    step = prepare_train_step(model, config, patches.images.device)
     generator = torch.Generator().manual_seed(config.seed)
     logs = []
     progress = tqdm(range(config.epochs), desc=description, unit="epoch")
@@ -131,6 +125,21 @@ def train(
         on_epoch(log)
         logs.append(log)
     return logs
+
+
+def prepare_train_step(model: nn.Module, config: TrainConfig, device: torch.device) -> StepFn:
+    """The optimizer step ``train`` runs for ``config`` on ``device``: the model put in channels-last layout when
+    asked, Adam over its trainable weights, the step mode and autocast resolved for the device.
+
+    Raises:
+        ValueError: If the step mode does not fit the device.
+    """
+    mode = resolve_step_mode(config.step, device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), config.lr, device, mode)
+    return make_train_step(model, DynamicLoss(config.loss).to(device), optimizer, mode, config.batch_size,
+                           autocast=resolve_autocast(config.autocast, device))
 
 
 @dataclass(frozen=True)
