@@ -105,6 +105,15 @@ def test_training_reduces_the_loss_and_counts_every_patch_once_per_epoch(patches
     assert logs[-1].loss < 0.5 * logs[0].loss, [round(log.loss, 3) for log in logs]
 
 
+def test_every_epoch_trains_in_training_mode_even_after_on_epoch_evaluated(patches):
+    """Tuning scores validation images inside ``on_epoch``, which puts the model in eval mode."""
+    model = fresh_model()
+    modes: list[bool] = []
+    model.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
+    train(model, patches, tiny_config(epochs=3, batch_size=8), on_epoch=lambda log: model.eval())
+    assert modes == [True, True, True]  # one step per epoch
+
+
 class Scale(nn.Module):
     """logits = scale * image: a one-parameter model whose predicted foreground is the image's positive pixels."""
 
