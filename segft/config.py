@@ -50,16 +50,24 @@ class ModelConfig:
         return 2 ** (self.encoder_depth if self.arch == "attention_unet" else PAULOW_POOLINGS)
 
 
+#: Where the dynamic loss makes its choice (see ``segft.losses.dynamic``).
+LOSS_SCOPES = ("patch", "batch")
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """The dynamic per-patch loss (PAULow): which loss a patch gets depends on its predicted foreground.
+    """The dynamic loss (PAULow): which loss a region gets depends on its predicted foreground.
 
-    A patch with no predicted foreground pixel (sigmoid > 0.5) is trained with BCE; one whose predicted
-    foreground covers less than ``small_foreground`` of the patch with BCE + Tversky; any other with
-    Tversky + Focal Tversky.
+    A region with no predicted foreground pixel (sigmoid > 0.5) is trained with BCE; one whose predicted
+    foreground covers less than ``small_foreground`` of it with BCE + Tversky; any other with Tversky + Focal
+    Tversky (plus BCE with ``bce_in_every_branch``). See ``segft.losses.dynamic`` for the defect that fixes.
 
     Attributes:
-        small_foreground: Predicted-foreground fraction below which a patch counts as "small object".
+        loss_scope: ``patch`` (each patch chooses its own loss) or ``batch`` (the original study: one choice for
+            the whole batch, Tversky pooled over it).
+        bce_in_every_branch: Add BCE to the Tversky + Focal Tversky branch, so that false positives on a region
+            without foreground are always trained away; false reproduces the original loss, defect included.
+        small_foreground: Predicted-foreground fraction below which a region counts as "small object".
         tversky_alpha: Tversky weight on false positives (Salehi et al. 2017).
         tversky_beta: Tversky weight on false negatives.
         focal_gamma: Exponent of the Focal Tversky loss, (1 - TI) ** gamma (Abraham & Khan 2019).
@@ -68,6 +76,8 @@ class LossConfig:
         weight_focal_tversky: Weight of the Focal Tversky term.
     """
 
+    loss_scope: str = "patch"
+    bce_in_every_branch: bool = True
     small_foreground: float = 0.0625
     tversky_alpha: float = 0.7
     tversky_beta: float = 0.3
@@ -75,6 +85,13 @@ class LossConfig:
     weight_bce: float = 1.0
     weight_tversky: float = 1.0
     weight_focal_tversky: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for an unknown scope or a ``small_foreground`` outside (0, 1]."""
+        if self.loss_scope not in LOSS_SCOPES:
+            raise ValueError(f"unknown loss_scope {self.loss_scope!r}; choose from {list(LOSS_SCOPES)}")
+        if not 0 < self.small_foreground <= 1:
+            raise ValueError(f"small_foreground must be in (0, 1], got {self.small_foreground}")
 
 
 @dataclass(frozen=True)

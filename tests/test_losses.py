@@ -7,7 +7,9 @@ Logits are chosen so that sigmoids are simple numbers: +-BIG -> 1 or 0 (hard cou
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,9 +170,10 @@ INVALID_ARGUMENT_CASES = [  # constructor, kwargs, message
     (FocalTverskyLoss, {"alpha": -0.5}, r"alpha and beta must be >= 0.*alpha=-0.5"),
     (FocalTverskyLoss, {"gamma": 0.0}, r"gamma must be > 0, got 0.0"),
     (FocalTverskyLoss, {"gamma": -0.75}, r"gamma must be > 0, got -0.75"),
-    (DynamicLoss, {"config": LossConfig(small_foreground=0.0)}, r"small_foreground must be in \(0, 1\], got 0.0"),
-    (DynamicLoss, {"config": LossConfig(small_foreground=1.5)}, r"small_foreground must be in \(0, 1\], got 1.5"),
-    (DynamicLoss, {"config": LossConfig(small_foreground=-0.1)}, r"small_foreground must be in \(0, 1\], got -0.1"),
+    (LossConfig, {"small_foreground": 0.0}, r"small_foreground must be in \(0, 1\], got 0.0"),
+    (LossConfig, {"small_foreground": 1.5}, r"small_foreground must be in \(0, 1\], got 1.5"),
+    (LossConfig, {"small_foreground": -0.1}, r"small_foreground must be in \(0, 1\], got -0.1"),
+    (LossConfig, {"loss_scope": "image"}, r"unknown loss_scope 'image'; choose from \['patch', 'batch'\]"),
     (DynamicLoss, {"config": LossConfig(tversky_alpha=-1.0)}, r"alpha and beta must be >= 0"),
     (DynamicLoss, {"config": LossConfig(focal_gamma=0.0)}, r"gamma must be > 0"),
 ]
@@ -248,6 +251,7 @@ def mixed_batch() -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         "tversky1": 1 - ti(2, 15, 2),
         "tversky2": 1 - ti(24, 8, 8),
         "focal2": (1 - ti(24, 8, 8)) ** GAMMA,
+        "bce2": math.log(4 / 3),  # every pixel right with p = 3/4
     }
     assert terms["tversky2"] == pytest.approx(0.25, rel=1e-4)  # the arithmetic above
     return logits, target, terms
@@ -264,7 +268,7 @@ def test_mixed_batch_uses_each_samples_branch_formula(w_bce, w_tversky, w_focal)
     expected = [
         w_bce * terms["bce0"],  # branch 0: BCE
         w_bce * terms["bce1"] + w_tversky * terms["tversky1"],  # branch 1: BCE + Tversky
-        w_tversky * terms["tversky2"] + w_focal * terms["focal2"],  # branch 2: Tversky + Focal Tversky
+        w_tversky * terms["tversky2"] + w_focal * terms["focal2"] + w_bce * terms["bce2"],  # branch 2 (+ BCE: the fix)
     ]
     per_sample, branch = loss_fn.per_sample(logits, target)
     assert branch.tolist() == [0, 1, 2]
@@ -319,3 +323,94 @@ def test_selection_is_not_differentiated():
     expected = logits.detach().clone().requires_grad_()
     BCELoss()(expected, target[:1]).backward()
     assert torch.allclose(logits.grad, expected.grad)
+
+
+def test_original_third_branch_has_no_bce():
+    """``bce_in_every_branch=false`` keeps the original Tversky + Focal Tversky in the third branch."""
+    logits, target, terms = mixed_batch()
+    per_sample, _ = DynamicLoss(LossConfig(bce_in_every_branch=False)).per_sample(logits, target)
+    assert per_sample[2].item() == pytest.approx(terms["tversky2"] + terms["focal2"], rel=1e-5)
+
+
+# --------------------------------------------------------------- the original (batch) rule and the empty-target defect
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paulow" / "paulow_dynamic_loss_reference.json"
+ORIGINAL = LossConfig(loss_scope="batch", bce_in_every_branch=False)
+
+
+def reference_case(formula: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference file's inputs, built from its formulas (see its ``inputs``)."""
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    base = (torch.sin(xx / 5) * torch.cos(yy / 9)).expand(4, 1, 128, 128)
+    logits = {"2*base - 6": 2 * base - 6, "4*base - 3.6": 4 * base - 3.6, "3*base": 3 * base}[formula]
+
+    def disc(r: float) -> torch.Tensor:
+        return (((xx - 64) ** 2 + (yy - 64) ** 2) < r**2).float().expand(4, 1, 128, 128)
+
+    masks = {"zeros": torch.zeros(4, 1, 128, 128), "disc(10)": disc(10), "disc(40)": disc(40)}
+    return logits.clone().contiguous(), masks[target].clone().contiguous()
+
+
+def loss_and_grad(config: LossConfig, logits: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
+    logits = logits.clone().requires_grad_()
+    loss, _ = DynamicLoss(config)(logits, target)
+    loss.backward()
+    return loss.item(), logits.grad
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is absent (../shared is not part of a user's clone)")
+    return json.loads(REFERENCE.read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", ["all_background_pred_empty", "small_pred_fraction", "large_pred_fraction"])
+def test_batch_scope_reproduces_the_original_loss(reference, case):
+    """The original's loss and gradient (NTUMMIO/PAULow DynamicLoss, measured) to 1e-5."""
+    expected = reference[case]
+    logits, target = reference_case(expected["logits"], expected["target"])
+    assert (logits > 0).float().mean().item() == pytest.approx(expected["predicted_fraction"], abs=1e-9)
+    loss, grad = loss_and_grad(ORIGINAL, logits, target)
+    assert loss == pytest.approx(expected["loss"], abs=1e-5)
+    assert grad.abs().sum().item() == pytest.approx(expected["grad_abs_sum"], abs=1e-5)
+
+
+def test_original_rule_keeps_the_defect_when_asked(reference):
+    """The reference's last case: loss 2.0 and no gradient to remove the false positives (the paper's loss)."""
+    expected = reference["batch_of_background_with_false_positives"]
+    loss, grad = loss_and_grad(ORIGINAL, *reference_case(expected["logits"], expected["target"]))
+    assert loss == pytest.approx(expected["loss"], abs=1e-5)
+    assert grad.abs().sum().item() < 1e-8
+
+
+def empty_target_cases() -> list[tuple[str, torch.Tensor]]:
+    """Logits over an empty target with false positives: the reference's last case (half of the batch predicted
+    foreground), and one 128 x 128 patch with 20 % of its pixels predicted foreground."""
+    logits, _ = reference_case("3*base", "zeros")
+    single = torch.full((1, 1, 128, 128), -2.0)
+    single.view(-1)[: int(0.2 * 128 * 128)] = 2.0
+    return [("reference_last_case", logits), ("single_patch_20pct", single)]
+
+
+@pytest.mark.parametrize("scope", ["patch", "batch"])
+@pytest.mark.parametrize("name, logits", empty_target_cases())
+def test_false_positives_on_an_empty_target_are_always_trained_away(scope, name, logits):
+    """With the fix, a region without foreground gets at least plain BCE's gradient, pointing down on every
+    predicted pixel, so a gradient step lowers its false positives; without it, the gradient is ~0."""
+    target = torch.zeros_like(logits)
+    _, grad = loss_and_grad(LossConfig(loss_scope=scope), logits, target)
+    bce = logits.clone().requires_grad_()
+    BCELoss()(bce, target).backward()
+    assert grad.abs().sum().item() >= 0.99 * bce.grad.abs().sum().item()
+    assert (grad[logits > 0] > 0).all()  # descent lowers every false-positive logit
+    _, broken = loss_and_grad(LossConfig(loss_scope=scope, bce_in_every_branch=False), logits, target)
+    assert broken.abs().sum().item() < 1e-6 * bce.grad.abs().sum().item()
+
+
+def test_batch_scope_decides_once_for_the_whole_batch():
+    """The mixed batch (one patch per branch, 34 of 192 pixels = 17.7 % predicted foreground) takes the third branch as a whole."""
+    logits, target, _ = mixed_batch()
+    per_sample, branch = DynamicLoss(LossConfig(loss_scope="batch")).per_sample(logits, target)
+    assert branch.tolist() == [2, 2, 2]
+    assert torch.all(per_sample == per_sample[0])

@@ -298,3 +298,39 @@ def test_resolve_device_auto_on_this_machine():
 def test_resolve_device_cuda_raises_on_this_machine():
     with pytest.raises(ValueError, match="CUDA is not available on this machine"):
         resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------ recovering from "everything is foreground"
+
+def false_positive_fraction(model: nn.Module, images: torch.Tensor) -> float:
+    """Fraction of the pixels of background-only patches predicted foreground."""
+    model.eval()
+    with torch.no_grad():
+        return (model(images) > 0).float().mean().item()
+
+
+@pytest.mark.parametrize("scope", ["patch", "batch"])
+def test_a_model_predicting_all_foreground_on_background_patches_is_trained_back(scope):
+    """Issue 10's collapse: a model that marks every pixel of background-only patches as foreground must be
+    trained back by the dynamic loss (with ``bce_in_every_branch``); the original loss leaves it stuck."""
+    toy = make_patches(toy_set([(64, 64)] * 2), 32)
+    background = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.2
+    patches = Patches(torch.cat([toy.images, background]), torch.cat([toy.masks, torch.zeros_like(background)]))
+
+    def collapsed() -> nn.Module:
+        model = fresh_model()
+        with torch.no_grad():
+            model.head.bias.fill_(4.0)  # every pixel foreground
+        return model
+
+    config = tiny_config(epochs=12, lr=1e-2, loss=LossConfig(loss_scope=scope))  # 12 epochs x 4 steps = 48 steps
+    fixed = collapsed()
+    assert false_positive_fraction(fixed, background) == 1.0
+    train(fixed, patches, config)
+    assert false_positive_fraction(fixed, background) < 0.2
+    # Background-only patches alone (48 steps): the original loss gives them no gradient at all, the fix does.
+    only_background = Patches(background, torch.zeros_like(background))
+    for fix, recovered in ((False, False), (True, True)):
+        model = collapsed()
+        train(model, only_background, tiny_config(epochs=12, batch_size=2, loss=LossConfig(loss_scope=scope, bce_in_every_branch=fix)))
+        assert (false_positive_fraction(model, background) < 0.2) == recovered
