@@ -1,0 +1,82 @@
+"""Choose the dynamic loss's default on evidence: each loss variant runs the quick study's fine-tuning arm on the
+built-in data and on the real two-domain nucleus set, and validation Dice decides (issue 10).
+
+Variants: ``loss_scope`` (patch or batch) x ``bce_in_every_branch`` (the fix, or the original loss). The decision
+metric is the mean ``val_dice_dataset2`` (Dice on the pool images a fine-tuning run did not train on; never test
+images) over both data sets, sizes and repeats; sizes stop at 15 so that every run has validation images. Test
+Dice is recorded beside it for the README, never used to choose. Each variant trains its own base model (the loss
+trains the base too). Writes one JSON with provenance:
+
+    python benchmarks/loss_choice.py --out benchmarks/results/loss_choice.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from provenance import ROOT, provenance
+
+VARIANTS = {
+    "patch+bce": {"loss_scope": "patch", "bce_in_every_branch": True},
+    "batch+bce": {"loss_scope": "batch", "bce_in_every_branch": True},
+    "patch (no fix)": {"loss_scope": "patch", "bce_in_every_branch": False},
+    "batch (original)": {"loss_scope": "batch", "bce_in_every_branch": False},
+}
+DATA = {"built-in": "", "dsb2018-two-domains": str(ROOT.parent / "shared" / "data" / "dsb2018-two-domains")}
+
+
+def run_variant(data_dir: str, loss: dict, sizes: tuple[int, ...], repeats: int) -> dict:
+    from segft.config import StudyConfig
+    from segft.presets import preset_train_config
+    from segft.study import run_study
+
+    train = preset_train_config("quick", {"data_dir": data_dir, **loss})
+    config = StudyConfig(train=train, sizes=sizes, repeats=repeats, arms=("finetune",), preset="quick",
+                         report_dir=tempfile.mkdtemp())
+    start = time.perf_counter()
+    result = run_study(config)
+    runs = {key: {**r.val_dice, **r.test_dice} for key, r in result.runs.items()}
+    return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs}
+
+
+def mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5,10,15")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_choice.json")
+    args = parser.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    record = {**provenance(), "sizes": sizes, "repeats": args.repeats, "preset": "quick", "arms": ["finetune"],
+              "decision_metric": "mean val_dice_dataset2 over data sets, sizes and repeats", "variants": {}}
+    for name, loss in VARIANTS.items():
+        per_data = {}
+        for data_name, data_dir in DATA.items():
+            with tempfile.TemporaryDirectory() as store:
+                os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+                outcome = run_variant(data_dir, loss, sizes, args.repeats)
+            finetuned = [r for key, r in outcome["runs"].items() if key != "base"]
+            per_data[data_name] = {
+                **outcome,
+                "mean_val_dice_dataset2": mean([r["val_dice_dataset2"] for r in finetuned]),
+                "mean_test_dice_dataset1": mean([r["test_dice_dataset1"] for r in finetuned]),
+                "mean_test_dice_dataset2": mean([r["test_dice_dataset2"] for r in finetuned]),
+            }
+            print(name, data_name, {k: v for k, v in per_data[data_name].items() if k != "runs"}, flush=True)
+        score = mean([d["mean_val_dice_dataset2"] for d in per_data.values()])
+        record["variants"][name] = {"settings": loss, "validation_score": score, "data": per_data}
+    record["chosen"] = max(record["variants"], key=lambda v: record["variants"][v]["validation_score"])
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print("chosen:", record["chosen"], "->", args.out)
+
+
+if __name__ == "__main__":
+    main()
