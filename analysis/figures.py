@@ -10,11 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.query import RAW_ARM
-from analysis.summary import DATASET1, FORGETTING_TOLERANCE
+from analysis.summary import DATASET1, FORGETTING_TOLERANCE, THRESHOLD_ARM
 
 #: Arms that start from the base model: at 0 Dataset 2 images they are the raw model.
 FROM_BASE = ("finetune", "joint")
-ARM_COLOURS = {"finetune": "#0072B2", "scratch": "#D55E00", "joint": "#009E73"}  # Okabe-Ito, colour-blind safe
+ARM_COLOURS = {"finetune": "#0072B2", "scratch": "#D55E00", "joint": "#009E73", "threshold": "#999999"}  # Okabe-Ito, colour-blind safe
 DATASET_DASH = {DATASET1: "dot"}
 X_TITLE = "Dataset 2 images used for training"
 
@@ -57,7 +57,7 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     """Mean test Dice against the number of Dataset 2 training images, one line per dataset × arm.
 
     Arms that start from the base model (finetune, joint) begin at x = 0 with the raw model; scratch has no
-    0 point. Dataset 1 lines are dotted, Dataset 2 lines solid; bands are 95 % bootstrap CIs.
+    0 point; the threshold arm (no training) is a level line across the plot. Dataset 1 lines are dotted, Dataset 2 lines solid; bands are 95 % bootstrap CIs.
 
     Args:
         summary: Output of ``analysis.summary.summarize``.
@@ -68,9 +68,12 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     _check(summary, ["arm", "n_images", "dataset", "mean", "ci_low", "ci_high"], "summary")
     fig = go.Figure()
     raw = summary[summary["arm"] == RAW_ARM]
+    sizes = sorted({0, *summary["n_images"]})
     for (arm, dataset), points in summary[summary["arm"] != RAW_ARM].groupby(["arm", "dataset"], sort=True):
         if arm in FROM_BASE:
             points = pd.concat([raw[raw["dataset"] == dataset], points])
+        if arm == THRESHOLD_ARM:  # no training images: a level line across the plot, what a model must beat
+            points = pd.concat([points.assign(n_images=sizes[0]), points.assign(n_images=sizes[-1])])
         _add_line(fig, points.sort_values("n_images"), "mean", f"{arm} · {dataset}", _colour(arm),
                   DATASET_DASH.get(dataset, "solid"))
     if summary["arm"].eq(RAW_ARM).all():  # a study with only the raw model: show it as points
@@ -99,7 +102,7 @@ def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_TOLERANCE) ->
     """
     _check(change, ["arm", "n_images", "dataset", "mean_change", "ci_low", "ci_high"], "paired change")
     fig = go.Figure()
-    dataset1 = change[change["dataset"] == DATASET1]
+    dataset1 = change[(change["dataset"] == DATASET1) & (change["arm"] != THRESHOLD_ARM)]  # it trains nothing
     for arm, points in dataset1.groupby("arm", sort=True):
         if arm in FROM_BASE:
             start = pd.DataFrame([{"n_images": 0, "mean_change": 0.0, "ci_low": 0.0, "ci_high": 0.0}])

@@ -1,6 +1,7 @@
 """The overlay comparison grid of the original study, as one RGB image.
 
-One row per chosen test image: Original | Raw | one column per fine-tuning size (ascending) | Ground truth. Each
+One row per chosen test image: Original | Raw | Threshold (Otsu, when the study ran it) | one column per
+fine-tuning size (ascending) | Ground truth. Each
 prediction is drawn as its contour over the grey image (``cv2.findContours`` / ``cv2.drawContours``), the ground
 truth as a contour of its own colour. Images come from the study parent's ``test_data/`` artifacts, predictions
 from each child run's ``predictions/`` artifacts, both read through the MLflow client.
@@ -18,6 +19,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from analysis.query import RAW_ARM, download
+from analysis.summary import THRESHOLD_ARM
 from segft.overlays import draw_outline
 
 PREDICTION_COLOUR = (255, 215, 0)  # yellow
@@ -126,14 +128,16 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _columns(tidy: pd.DataFrame, arm: str, repeat: int) -> list[tuple[str, str]]:
-    """``(header, run_id)`` of the raw model, then of ``arm`` at ``repeat`` for every size, ascending."""
+    """``(header, run_id)`` of the raw model, the threshold baseline (when the study ran it), then of ``arm`` at
+    ``repeat`` for every size, ascending."""
     raw = tidy.loc[tidy["arm"] == RAW_ARM, "run_id"].unique()
     if len(raw) != 1:
         raise ValueError(f"the grid needs exactly one raw-model run, found {len(raw)}")
+    threshold = [("Threshold", run) for run in tidy.loc[tidy["arm"] == THRESHOLD_ARM, "run_id"].unique()[:1]]
     runs = tidy[(tidy["arm"] == arm) & (tidy["repeat"] == repeat)].drop_duplicates("n_images").sort_values("n_images")
     suffix = "" if arm == "finetune" else f" ({arm})"
     sizes = [(f"{n} image{'s' * (n != 1)}{suffix}", run) for n, run in zip(runs["n_images"], runs["run_id"])]
-    return [("Raw", raw[0]), *sizes]
+    return [("Raw", raw[0]), *threshold, *sizes]
 
 
 def load_grid(

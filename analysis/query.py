@@ -25,6 +25,8 @@ from segft.tracking import ARM_TAG, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
 RAW_ARM = "raw"
 EVALUATION_CSV = "evaluation/per_image_dice.csv"
 TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
+#: Per-image columns a tidy table carries when the runs logged them: pixel counts and the mask's digest.
+COUNT_COLUMNS = ["tp", "fp", "fn", "prediction_digest"]
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,13 @@ def tidy_table(client: MlflowClient, study: Study) -> pd.DataFrame:
         for run in study.children:
             local = download(client, run.info.run_id, EVALUATION_CSV, tmp)
             # Image names such as "004" must stay strings.
-            table = pd.read_csv(local, dtype={"dataset": str, "image": str})
+            table = pd.read_csv(local, dtype={"dataset": str, "image": str, "prediction_digest": str})
             local.unlink()
             missing = {"dataset", "image", "dice"} - set(table.columns)
             if missing:
                 raise ValueError(f"{EVALUATION_CSV} of run {run.info.run_id} lacks columns {sorted(missing)}")
-            frames.append(table[["dataset", "image", "dice"]].assign(**run_coordinates(run)))
-    tidy = pd.concat(frames, ignore_index=True)[TIDY_COLUMNS]
+            extra = [c for c in COUNT_COLUMNS if c in table.columns]  # runs logged before they existed lack them
+            frames.append(table[["dataset", "image", "dice", *extra]].assign(**run_coordinates(run)))
+    tidy = pd.concat(frames, ignore_index=True)
+    tidy = tidy[TIDY_COLUMNS + [c for c in COUNT_COLUMNS if c in tidy.columns]]
     return tidy.sort_values(["arm", "n_images", "repeat", "dataset", "image"], ignore_index=True)

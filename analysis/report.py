@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from mlflow import MlflowClient
 
 from analysis import figures, grid, query, summary
+from segft import quality
 from segft.config import ReportConfig
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -39,6 +40,7 @@ class Report:
         summary: ``analysis.summary.summarize`` of ``tidy``.
         paired_change: ``analysis.summary.paired_change`` of ``tidy``.
         findings: ``analysis.summary.findings`` of ``tidy``.
+        degenerate: ``analysis.summary.degenerate_runs`` of ``tidy``.
     """
 
     study_id: str
@@ -51,6 +53,7 @@ class Report:
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     paired_change: pd.DataFrame = field(default_factory=pd.DataFrame)
     findings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    degenerate: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def html(self) -> Path:
@@ -60,7 +63,7 @@ class Report:
 
 def _runs_table(study: query.Study) -> pd.DataFrame:
     rows = [{"run_key": run.data.tags.get(query.RUN_KEY_TAG, ""), **query.run_coordinates(run),
-             **{k: round(v, 4) for k, v in sorted(run.data.metrics.items()) if k.startswith("test_dice_")}}
+             **{k: round(v, 4) for k, v in sorted(run.data.metrics.items()) if k.startswith(("test_dice_", "test_fg_"))}}
             for run in study.children]
     return pd.DataFrame(rows).sort_values(["arm", "n_images", "repeat"], key=summary.arm_first, ignore_index=True)
 
@@ -101,6 +104,11 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 <code>{e(_without_password(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
 <h2>Findings</h2>{_table_html(_findings_table(report.findings))}
+<h2>Runs flagged as degenerate</h2><p>Predicted foreground over {quality.DEGENERATE_RATIO:g}x or under
+1/{quality.DEGENERATE_RATIO:g} of the true foreground on a test set (fg_ratio), or exactly the same masks as another
+size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
+(The study's champion is chosen by the same rule on validation images, never on these.)</p>
+{_table_html(report.degenerate) if not report.degenerate.empty else "<p>None.</p>"}
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
 <h2>Overlay comparison</h2><p>{e(grid_note)}</p><img class="grid" alt="overlay grid" src="{grid_uri}">
 <h2>Mean test Dice (95% percentile bootstrap CI over repeat × test image)</h2>{_table_html(report.summary)}
@@ -136,10 +144,10 @@ def build_report(config: ReportConfig) -> Report:
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(study.study_id, parent.info.run_id, parent.info.experiment_id, client.tracking_uri, folder,
                     tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
-                    findings=summary.findings(tidy))
+                    findings=summary.findings(tidy), degenerate=summary.degenerate_runs(tidy))
     files = report.files  # filled in as they are written
     for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
-                        ("paired_change.csv", report.paired_change)):
+                        ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate)):
         table.to_csv(folder / name, index=False)
         files[name] = folder / name
     # the figures live in report.html only: one inlined copy of plotly.js (4.7 MB) per report is enough
@@ -148,7 +156,8 @@ def build_report(config: ReportConfig) -> Report:
     arm = _grid_arm(tidy)
     headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
     files["grid.png"] = grid.write_png(grid.compose_grid(rows, headers), folder / "grid.png")
-    note = (f"Predictions of the raw model and of arm '{arm}', repeat 0, at each size: yellow contours; "
+    note = (f"Predictions of the raw model, of Otsu's threshold (when the study ran it) and of arm '{arm}', "
+            "repeat 0, at each size: yellow contours; "
             "ground truth: cyan contour. Each prediction panel shows its Dice on that image.")
     page = _page(report, parent.data.params, _runs_table(study), list(figs.values()),
                  files["grid.png"].read_bytes(), note)
@@ -178,12 +187,15 @@ def text_summary(report: Report) -> str:
     verdict = {True: "yes", False: "NO", None: "n/a"}
     claims = [f"  [{verdict[None if pd.isna(r.holds) else bool(r.holds)]:>3}] {r.claim}: {r.evidence}"
               for r in report.findings.itertuples()]
+    flagged = [f"  {r.arm} n={r.n_images} repeat {r.repeat}, {r.dataset}: {r.reason}"
+               for r in report.degenerate.itertuples()]
     return "\n".join([
         f"Study {report.study_id} (parent run {report.parent_run_id}): {report.tidy['run_id'].nunique()} runs",
         "Mean test Dice [95% bootstrap CI]:",
         pivot.to_string(index=False),
         "Findings:",
         *claims,
+        *(["Runs flagged as degenerate on test images:", *flagged] if flagged else []),
         f"Report: {report.html} (also logged on the parent run under report/)",
         _ui_hint(report),
     ])

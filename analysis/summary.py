@@ -13,12 +13,16 @@ import pandas as pd
 from scipy import stats
 
 from analysis.query import RAW_ARM, TIDY_COLUMNS
+from segft import quality
 
 DATASET1 = "dataset1"
 DATASET2 = "dataset2"
 #: The largest |mean Dataset 1 change| after fine-tuning that still counts as "no forgetting".
 FORGETTING_TOLERANCE = 0.05
 GROUP = ["arm", "n_images", "dataset"]
+THRESHOLD_ARM = "threshold"
+#: Arms that train a model on Dataset 2 images.
+TRAINED_ARMS = ("finetune", "scratch", "joint")
 
 
 def bootstrap_ci(
@@ -60,8 +64,9 @@ def check_tidy(tidy: pd.DataFrame) -> None:
 
 
 def arm_first(column: pd.Series) -> pd.Series:
-    """Sort key for ``DataFrame.sort_values(key=...)``: the raw model before the other arms (alphabetical)."""
-    return column.map(lambda arm: (arm != RAW_ARM, arm)) if column.name == "arm" else column
+    """Sort key for ``DataFrame.sort_values(key=...)``: the raw model, the threshold baseline, then the other arms
+    (alphabetical)."""
+    return column.map(lambda arm: (arm != RAW_ARM, arm != THRESHOLD_ARM, arm)) if column.name == "arm" else column
 
 
 def _describe(values: pd.Series, confidence: float, random_state: int) -> pd.Series:
@@ -171,6 +176,44 @@ def _forgetting(tidy: pd.DataFrame, tolerance: float, confidence: float, random_
     return {"claim": claim, "holds": not exceeded, "evidence": "mean change " + ", ".join(parts) + note}
 
 
+def degenerate_runs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose test masks are degenerate (``segft.quality.flag_runs``): predicted foreground over 3x or
+    under 1/3 of the truth on a dataset's test images, or the same masks as another size of the same arm and
+    repeat. Empty when the tidy table has no pixel counts (runs logged before segft recorded them)."""
+    if not {"tp", "fp", "fn"} <= set(tidy.columns):
+        return quality.flag_runs(pd.DataFrame())
+    return quality.flag_runs(tidy)
+
+
+def _beats_threshold(tidy: pd.DataFrame, confidence: float, random_state: int) -> dict[str, object]:
+    claim = "Fine-tuning with the most images beats Otsu's threshold (no training) on Dataset 2"
+    ft = tidy[(tidy["arm"] == "finetune") & (tidy["dataset"] == DATASET2)]
+    baseline = tidy[(tidy["arm"] == THRESHOLD_ARM) & (tidy["dataset"] == DATASET2)].set_index("image")["dice"]
+    if ft.empty or baseline.empty:
+        return {"claim": claim, "holds": None, "evidence": "needs finetune and threshold runs"}
+    largest = ft[ft["n_images"] == ft["n_images"].max()]
+    diff = (largest["dice"] - largest["image"].map(baseline)).dropna().to_numpy()
+    low, high = bootstrap_ci(diff, confidence, random_state=random_state)
+    return {"claim": claim, "holds": bool(low > 0),
+            "evidence": f"n={largest['n_images'].iloc[0]} minus threshold, paired per test image: "
+                        f"{_fmt(diff.mean(), low, high)} (threshold alone: {baseline.mean():.3f}); "
+                        "holds when the CI lies above 0"}
+
+
+def _no_degenerate(tidy: pd.DataFrame) -> dict[str, object]:
+    claim = "Every trained model gives plausible masks (none collapsed to all or no foreground, none stuck)"
+    if not {"tp", "fp", "fn"} <= set(tidy.columns):
+        return {"claim": claim, "holds": None, "evidence": "the runs did not log pixel counts"}
+    flagged = degenerate_runs(tidy)
+    flagged = flagged[flagged["arm"].isin(TRAINED_ARMS)]
+    if flagged.empty:
+        return {"claim": claim, "holds": True, "evidence": "predicted foreground within 1/3 to 3x of the truth on "
+                "every test set, and different masks at every size"}
+    parts = [f"{r.arm} n={r.n_images} repeat {r.repeat} {r.reason}" for r in flagged.itertuples()]
+    return {"claim": claim, "holds": False, "evidence": f"{flagged['run_id'].nunique()} run(s) flagged: "
+            + " | ".join(parts)}
+
+
 def findings(
     tidy: pd.DataFrame, tolerance: float = FORGETTING_TOLERANCE, confidence: float = 0.95, random_state: int = 0
 ) -> pd.DataFrame:
@@ -182,6 +225,8 @@ def findings(
        non-overlapping marginal CIs because sizes are nested within a repeat and share the test images, so the
        pairing removes image difficulty and repeat draws; non-overlap of marginal CIs would be needlessly strict.
     3. Fine-tuning does not forget Dataset 1: |mean paired change vs raw| ≤ ``tolerance`` at every size.
+    4. Fine-tuning with the most images beats the ``threshold`` arm on Dataset 2 (paired CI above 0).
+    5. No trained model is degenerate (``degenerate_runs``).
 
     Returns:
         One row per claim: ``claim``, ``holds`` (True, False, or None when the study cannot test it), ``evidence``.
@@ -191,4 +236,5 @@ def findings(
     """
     check_tidy(tidy)
     return pd.DataFrame([_raw_gap(tidy, confidence, random_state), _size_gain(tidy, confidence, random_state),
-                         _forgetting(tidy, tolerance, confidence, random_state)])
+                         _forgetting(tidy, tolerance, confidence, random_state),
+                         _beats_threshold(tidy, confidence, random_state), _no_degenerate(tidy)])

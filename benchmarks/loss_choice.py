@@ -40,7 +40,7 @@ def run_variant(data_dir: str, loss: dict, sizes: tuple[int, ...], repeats: int)
                          report_dir=tempfile.mkdtemp())
     start = time.perf_counter()
     result = run_study(config)
-    runs = {key: {**r.val_dice, **r.test_dice} for key, r in result.runs.items()}
+    runs = {key: {**r.val_metrics, **r.test_metrics} for key, r in result.runs.items()}
     return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs}
 
 

@@ -167,7 +167,7 @@ def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def _print_result(result) -> None:
-    scores = ", ".join(f"{name} = {value:.4f}" for name, value in result.test_dice.items())
+    scores = ", ".join(f"{name} = {value:.4f}" for name, value in result.test_metrics.items())
     print(f"run {result.run_id}: {scores}; model {result.model_uri}")
 
 
@@ -185,6 +185,13 @@ def _write_synthetic(args: argparse.Namespace) -> None:
 
     out = write_study(make_microtube_study(seed=args.seed), args.out)
     print(f"wrote the synthetic microtube study to {out} (use it with --data-dir {out})")
+
+
+def _write_mlproject(args: argparse.Namespace) -> None:
+    from segft.mlproject import render
+
+    Path(args.out).write_text(render())
+    print(f"wrote {args.out} from segft/config.py")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="folder to create (must not exist or be empty)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0, the built-in data)")
     synth.set_defaults(handler=_write_synthetic)
+    mlproject = commands.add_parser("mlproject", help="write the MLproject file from the config dataclasses")
+    mlproject.add_argument("--out", type=Path, default=Path("MLproject"), help="file to write (default: MLproject)")
+    mlproject.set_defaults(handler=_write_mlproject)
     return parser
 
 

@@ -224,7 +224,7 @@ class FinetuneConfig:
 
 
 #: The arms a study can run beside the raw base model (see ``StudyConfig.arms``).
-ARMS = ("finetune", "scratch", "joint")
+ARMS = ("finetune", "scratch", "joint", "threshold")
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,9 @@ class StudyConfig:
         sizes: Numbers of Dataset 2 images to fine-tune with.
         repeats: Repeats of every arm and size; repeat ``r`` uses seed ``seed + r``.
         arms: Any of ``finetune`` (from the base model), ``scratch`` (the same images, random initialisation:
-            does the base model help at all?) and ``joint`` (Dataset 1 training images plus the Dataset 2 images,
-            from the base model: does replay prevent forgetting?).
+            does the base model help at all?), ``joint`` (Dataset 1 training images plus the Dataset 2 images,
+            from the base model: does replay prevent forgetting?) and ``threshold`` (Otsu's threshold per image,
+            no training, run once: the baseline a model must beat).
         resample: Repeats other than 0 draw their fine-tuning images at random from the pool (nested: a larger
             size contains the smaller ones); repeat 0, and every repeat when false, takes the first n images.
         preset: Training settings to start from: ``protocol`` (the original study) or ``quick`` (a 2-core CPU
@@ -248,7 +249,7 @@ class StudyConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     sizes: tuple[int, ...] = (5, 10, 15, 20)
     repeats: int = 3
-    arms: tuple[str, ...] = ("finetune", "scratch")
+    arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
     resample: bool = True
     preset: str = "protocol"
     report_dir: str = "segft-report"

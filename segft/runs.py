@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -36,14 +37,17 @@ class RunResult:
     Attributes:
         run_id: The MLflow run.
         model_uri: The registered model version, ``models:/<name>/<version>``.
-        test_dice: ``{"test_dice_dataset1": ..., "test_dice_dataset2": ...}``.
-        val_dice: ``{"val_dice_dataset2": ...}`` when the run had validation images, else empty.
+        test_metrics: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>`` of both test sets.
+        val_metrics: ``val_dice_dataset2`` and ``val_fg_ratio_dataset2`` when the run had validation images.
+        val_table: Per validation image: dice, tp, fp, fn and the mask's digest (``segft.quality``); None
+            without validation images.
     """
 
     run_id: str
     model_uri: str
-    test_dice: dict[str, float]
-    val_dice: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_metrics: dict[str, float]
+    val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    val_table: pd.DataFrame | None = dataclasses.field(default=None, compare=False)
 
 
 def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
@@ -188,17 +192,16 @@ def train_and_log(
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
                                            channels_last=config.channels_last)
         results = [r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)]
-        images = {(s.name, n): (i, m) for s in split.test_sets() for n, i, m in zip(s.names, s.images, s.masks)}
-        metrics = tracking.log_evaluation(results, images)
-        val_dice = {}
+        metrics = tracking.log_evaluation(results, split.test_images())
+        val_metrics, val_table = {}, None
         if validation_set:
-            val_dice = tracking.log_validation(evaluate(segmenter, validation_set), validation_set.name)
+            val_metrics, val_table = tracking.log_validation(evaluate(segmenter, validation_set))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
                                          Path(tmp) / "checkpoint")
             version_tags = {**tags, "run_id": run.info.run_id, "arm": tags[tracking.ARM_TAG],
                             "n_images": str(extra_params["n_images"]),
-                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_dice}.items()}}
+                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
             model_uri = tracking.log_model(checkpoint, registered_name, version_tags)[0]
         tracking.set_model_uri_tag(model_uri)
-    return RunResult(run_id=run.info.run_id, model_uri=model_uri, test_dice=metrics, val_dice=val_dice)
+    return RunResult(run.info.run_id, model_uri, metrics, val_metrics, val_table)

@@ -19,17 +19,19 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segft import tracking
+from segft import quality, tracking
 from segft.config import ModelConfig, StudyConfig, TrainConfig
 from segft.data.study import StudySplit, load_study, split_study
 from segft.models import build_model
 from segft.models.freezing import freeze
 from segft.runs import VALIDATION_METRIC, RunResult, _train_base, left_out_of_pool, load_base_model, train_and_log
-from segft.training import resolve_device
+from segft.threshold import ThresholdSegmenter, choose_polarity
+from segft.training import evaluate, resolve_device
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,19 @@ def draw_pool_indices(pool_size: int, sizes: tuple[int, ...], repeat: int, seed:
     return {n: tuple(sorted(int(i) for i in order[:n])) for n in sizes}
 
 
+#: The arm that trains nothing; it runs once per study, not per size and repeat.
+THRESHOLD_ARM = "threshold"
+
+
 def plan_runs(config: StudyConfig, pool_size: int) -> list[PlannedRun]:
-    """Every child run of the study except the base model, in execution order (repeat, size, arm)."""
+    """Every trained child run of the study (not the base model, not ``threshold``), in execution order
+    (repeat, size, arm)."""
     plan = []
+    trained = [arm for arm in config.arms if arm != THRESHOLD_ARM]
     for repeat in range(config.repeats):
         subsets = draw_pool_indices(pool_size, config.sizes, repeat, config.train.seed, config.resample)
         for n in sorted(config.sizes):
-            plan.extend(PlannedRun(arm, n, repeat, subsets[n]) for arm in config.arms)
+            plan.extend(PlannedRun(arm, n, repeat, subsets[n]) for arm in trained)
     return plan
 
 
@@ -83,27 +91,47 @@ BASE_ALIAS = "base"
 
 @dataclass(frozen=True)
 class Candidate:
-    """A fine-tuned model a study may recommend: its run key, model, size, repeat and validation Dice (None when
-    it trained on the whole pool and had no image left to validate on)."""
+    """A fine-tuned model a study may recommend: its run key, model, size, repeat, validation Dice (None when
+    it trained on the whole pool and had no image left to validate on) and why it is degenerate on its
+    validation images (``segft.quality``; empty when it is not)."""
 
     key: str
     model_uri: str
     n_images: int
     repeat: int
     val_dice: float | None
+    degenerate: str = ""
 
 
 def choose_champion(candidates: list[Candidate]) -> Candidate | None:
     """The fine-tuned model a study recommends; it never looks at test images.
 
-    Rule: the highest validation Dice (``val_dice_dataset2``: Dataset 2 pool images the run did not train on);
-    ties go to more images, then the lower repeat. Runs without validation images compete only when no run has
-    any: then the one with the most images wins, ties going to repeat 0 (the lowest repeat). None for no candidates.
+    Rule: never a run flagged as degenerate on its validation images. Among the others, the highest validation
+    Dice (``val_dice_dataset2``: Dataset 2 pool images the run did not train on); ties go to more images, then
+    the lower repeat. Runs without validation images compete only when no run has any: then the one with the
+    most images wins, ties going to repeat 0 (the lowest repeat). None when no candidate is left.
     """
-    validated = [c for c in candidates if c.val_dice is not None]
+    sound = [c for c in candidates if not c.degenerate]
+    validated = [c for c in sound if c.val_dice is not None]
     if validated:
         return max(validated, key=lambda c: (c.val_dice, c.n_images, -c.repeat))
-    return max(candidates, key=lambda c: (c.n_images, -c.repeat), default=None)
+    return max(sound, key=lambda c: (c.n_images, -c.repeat), default=None)
+
+
+def flag_candidates(plan: list[PlannedRun], results: dict[str, RunResult]) -> dict[str, str]:
+    """``{run key: reason}`` of the fine-tuned runs that are degenerate on their validation images
+    (``segft.quality.flag_runs``: foreground ratio out of range, or the same masks as another size)."""
+    tables = []
+    for p in plan:
+        table = results[p.key].val_table
+        if p.arm == "finetune" and table is None and results[p.key].val_metrics:  # a resumed run: read it back
+            table = tracking.read_validation_table(results[p.key].run_id)
+        if p.arm == "finetune" and table is not None:
+            tables.append(table.assign(run_id=p.key, arm=p.arm, n_images=p.n_images, repeat=p.repeat))
+    if not tables:
+        return {}
+    flags = quality.flag_runs(pd.concat(tables, ignore_index=True), where="its validation images")
+    return dict(zip(flags["run_id"], flags["reason"]))
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,8 @@ def run_study(config: StudyConfig) -> StudyResult:
         else:
             results["base"] = _train_base(train, config.registry, split, digest, nested=True,
                                           extra_tags={**child_tags, tracking.RUN_KEY_TAG: "base", tracking.ARM_TAG: "raw"})
+        if THRESHOLD_ARM in config.arms:
+            results[THRESHOLD_ARM] = finished.get(THRESHOLD_ARM) or _run_threshold(split, digest, child_tags)
         base = None
         for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
             if planned.key in finished:
@@ -158,8 +188,10 @@ def run_study(config: StudyConfig) -> StudyResult:
 def _set_aliases(plan: list[PlannedRun], results: dict[str, RunResult]) -> Candidate | None:
     """Point ``base`` at the study's base model and ``champion`` at ``choose_champion``'s pick; tag the parent."""
     tracking.set_model_alias(results["base"].model_uri, BASE_ALIAS)
+    flags = flag_candidates(plan, results)
     candidates = [Candidate(p.key, results[p.key].model_uri, p.n_images, p.repeat,
-                            results[p.key].val_dice.get(VALIDATION_METRIC)) for p in plan if p.arm == "finetune"]
+                            results[p.key].val_metrics.get(VALIDATION_METRIC), flags.get(p.key, ""))
+                  for p in plan if p.arm == "finetune"]
     champion = choose_champion(candidates)
     if champion:
         tracking.set_model_alias(champion.model_uri, CHAMPION_ALIAS)
@@ -171,10 +203,27 @@ def _as_result(run) -> RunResult:
     metrics = run.data.metrics
     return RunResult(
         run_id=run.info.run_id,
-        model_uri=run.data.tags[tracking.MODEL_URI_TAG],
-        test_dice={name: value for name, value in metrics.items() if name.startswith("test_dice_")},
-        val_dice={name: value for name, value in metrics.items() if name.startswith("val_dice_")},
+        model_uri=run.data.tags.get(tracking.MODEL_URI_TAG, ""),  # the threshold arm has no model
+        test_metrics={name: value for name, value in metrics.items() if name.startswith("test_")},
+        val_metrics={name: value for name, value in metrics.items() if name.startswith("val_")},
     )
+
+
+def _run_threshold(split: StudySplit, digest: str, tags: dict[str, str]) -> RunResult:
+    """The ``threshold`` arm: Otsu per test image, its polarity chosen per dataset on training or pool images
+    (``segft.threshold``); logged like a trained run's evaluation, with no model."""
+    chosen_on = {split.test_dataset1.name: split.base_train, split.test_dataset2.name: split.finetune_pool}
+    polarities = {name: choose_polarity(images) for name, images in chosen_on.items()}
+    tags = {**tags, tracking.ROLE_TAG: THRESHOLD_ARM, tracking.ARM_TAG: THRESHOLD_ARM, tracking.DIGEST_TAG: digest,
+            tracking.RUN_KEY_TAG: THRESHOLD_ARM}
+    with tracking.start_run(THRESHOLD_ARM, tags, nested=True) as run:
+        tracking.log_params({"arm": THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": digest,
+                             **{f"threshold_polarity_{name}": p for name, p in polarities.items()},
+                             **{f"threshold_polarity_chosen_on_{name}": s.name for name, s in chosen_on.items()}})
+        results = [r for test_set in split.test_sets()
+                   for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
+        metrics = tracking.log_evaluation(results, split.test_images())
+    return RunResult(run.info.run_id, "", metrics)
 
 
 def _run_arm(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,7 @@ import segft
 from segft.checkpoint import read_checkpoint_config
 from segft.overlays import mask_png, overlay, to_grey
 from segft.pyfunc import example_image, model_signature
+from segft.quality import foreground_ratio, prediction_digest
 from segft.training import EpochLog, ImageResult
 
 ROLE_TAG = "segft.role"
@@ -39,6 +41,7 @@ TRIAL_NUMBER_TAG = "segft.trial_number"
 TRIAL_STATE_TAG = "segft.trial_state"
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
+VALIDATION_CSV = "evaluation/val_per_image_dice.csv"
 
 
 def flatten_config(config: object) -> dict[str, object]:
@@ -110,13 +113,24 @@ def log_epoch(log: EpochLog) -> None:
 
 
 def evaluation_table(results: list[ImageResult]) -> pd.DataFrame:
-    """One row per test image: dataset, image, dice, tp, fp, fn."""
+    """One row per scored image: dataset, image, dice, tp, fp, fn and the predicted mask's digest."""
     return pd.DataFrame(
         [
-            {"dataset": r.dataset, "image": r.name, "dice": r.dice, "tp": r.counts.tp, "fp": r.counts.fp, "fn": r.counts.fn}
+            {"dataset": r.dataset, "image": r.name, "dice": r.dice, "tp": r.counts.tp, "fp": r.counts.fp,
+             "fn": r.counts.fn, "prediction_digest": prediction_digest(r.prediction)}
             for r in results
         ]
     )
+
+
+def _per_dataset_metrics(table: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """``<prefix>dice_<dataset>`` (mean per-image Dice) and ``<prefix>fg_ratio_<dataset>`` (predicted / true
+    foreground pixels over the dataset's images; see ``segft.quality``)."""
+    metrics = {}
+    for dataset, part in table.groupby("dataset"):
+        metrics[f"{prefix}dice_{dataset}"] = float(part["dice"].mean())
+        metrics[f"{prefix}fg_ratio_{dataset}"] = foreground_ratio(*(int(part[c].sum()) for c in ("tp", "fp", "fn")))
+    return metrics
 
 
 def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -128,10 +142,10 @@ def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tup
         images: ``(dataset, name) -> (image, mask)`` for the overlays.
 
     Returns:
-        The logged per-dataset mean Dice metrics.
+        The logged per-dataset metrics: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``.
     """
     table = evaluation_table(results)
-    metrics = {f"test_dice_{dataset}": float(dice) for dataset, dice in table.groupby("dataset")["dice"].mean().items()}
+    metrics = _per_dataset_metrics(table, "test_")
     mlflow.log_metrics(metrics)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
@@ -208,14 +222,24 @@ def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> ml
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
 
 
-def log_validation(results: list[ImageResult], dataset: str) -> dict[str, float]:
-    """Log ``val_dice_<dataset>`` (mean per-image Dice on validation images, never test images) and
-    ``evaluation/val_per_image_dice.csv``; return the metric."""
+def log_validation(results: list[ImageResult]) -> tuple[dict[str, float], pd.DataFrame]:
+    """Log ``val_dice_<dataset>`` (mean per-image Dice on validation images, never test images),
+    ``val_fg_ratio_<dataset>`` and ``evaluation/val_per_image_dice.csv``; return the metrics and the table."""
     table = evaluation_table(results)
-    metrics = {f"val_dice_{dataset}": float(table["dice"].mean())}
+    metrics = _per_dataset_metrics(table, "val_")
     mlflow.log_metrics(metrics)
-    mlflow.log_text(table.to_csv(index=False), "evaluation/val_per_image_dice.csv")
-    return metrics
+    mlflow.log_text(table.to_csv(index=False), VALIDATION_CSV)
+    return metrics, table
+
+
+def read_validation_table(run_id: str) -> pd.DataFrame | None:
+    """A run's ``evaluation/val_per_image_dice.csv``, or None when it had no validation images."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_CSV, dst_path=tmp)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return pd.read_csv(local, dtype={"dataset": str, "image": str, "prediction_digest": str})
 
 
 def set_champion_tag(model_uri: str) -> None:
@@ -254,7 +278,7 @@ def finished_study_runs(study_id: str) -> dict[str, mlflow.entities.Run]:
     found: dict[str, mlflow.entities.Run] = {}
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG)
-        if key and key not in found and MODEL_URI_TAG in run.data.tags:
+        if key and key not in found and (MODEL_URI_TAG in run.data.tags or run.data.tags.get(ARM_TAG) == "threshold"):
             found[key] = run
     return found
 

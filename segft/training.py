@@ -156,8 +156,9 @@ class ImageResult:
         return self.counts.dice
 
 
-def evaluate(segmenter: SlidingWindowSegmenter, image_set: ImageSet) -> list[ImageResult]:
-    """Segment every image of ``image_set`` whole and score it against its mask."""
+def evaluate(segmenter: Callable[[np.ndarray], np.ndarray], image_set: ImageSet) -> list[ImageResult]:
+    """Segment every image of ``image_set`` whole (``segmenter(image) -> mask``, e.g. ``SlidingWindowSegmenter``)
+    and score it against its mask."""
     results = []
     for name, image, mask in tqdm(
         list(zip(image_set.names, image_set.images, image_set.masks)), desc=f"evaluate {image_set.name}", unit="image"

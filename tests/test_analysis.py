@@ -125,8 +125,35 @@ def _study(raw1=0.8, raw2=0.4, ft_small=0.5, ft_large=0.8, ft1=(-0.01, -0.02), s
 ])
 def test_findings(tidy, expected):
     found = summary.findings(tidy)
-    assert len(found) == 3
-    assert [None if pd.isna(h) else bool(h) for h in found["holds"]] == expected
+    assert len(found) == 5
+    # no threshold run and no pixel counts in these tables: the last two claims cannot be tested
+    assert [None if pd.isna(h) else bool(h) for h in found["holds"]] == expected + [None, None]
+
+
+def _with_counts(tidy: pd.DataFrame, ratio_of: dict[str, float]) -> pd.DataFrame:
+    """Give every row pixel counts (100 true pixels, predicted = ratio x 100) and a digest unique to its run."""
+    ratio = tidy["run_id"].map(lambda run: ratio_of.get(run, 1.0))
+    return tidy.assign(tp=100, fp=((ratio - 1).clip(lower=0) * 100).astype(int),
+                       fn=((1 - ratio).clip(lower=0) * 100).astype(int),
+                       prediction_digest=tidy["run_id"] + tidy["image"])
+
+
+@pytest.mark.parametrize("ratio_of, holds", [({}, True), ({"finetune-20-1": 5.0}, False), ({"raw": 5.0}, True)])
+def test_degenerate_finding_counts_trained_runs_only(ratio_of, holds):
+    """A raw model that over-segments shows the domain shift; only a trained one that does is a failure."""
+    found = summary.findings(_with_counts(_study(), ratio_of))
+    assert found["holds"].iloc[4] == holds
+    if not holds:
+        assert "finetune n=20 repeat 1 marks 5.0x" in found["evidence"].iloc[4]
+    assert summary.degenerate_runs(_with_counts(_study(), ratio_of))["run_id"].nunique() == len(ratio_of)
+
+
+@pytest.mark.parametrize("threshold_dice, holds", [(0.5, True), (0.9, False)])
+def test_threshold_finding(threshold_dice, holds):
+    tidy = _study()
+    baseline = tidy[tidy["arm"] == "raw"].assign(run_id="threshold", arm="threshold", dice=threshold_dice)
+    found = summary.findings(pd.concat([tidy, baseline], ignore_index=True))
+    assert found["holds"].iloc[3] == holds
 
 
 def test_findings_names_the_sizes_that_forget():
@@ -243,9 +270,10 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert (report.summary["ci_low"] <= report.summary["mean"] + 1e-12).all()
     assert (report.summary["mean"] <= report.summary["ci_high"] + 1e-12).all()
     assert len(report.summary) == (1 + len(design.arms) * len(design.sizes)) * len(design.datasets)
-    assert report.findings["holds"].tolist() == [True, True, True]
+    assert report.findings["holds"].tolist()[:3] == [True, True, True]
 
-    assert set(report.files) == {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png"}
+    assert set(report.files) == {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png",
+                                 "degenerate_runs.csv"}
     assert all(path.parent == tmp_path / "report" / study_id for path in report.files.values())
     image = cv2.imread(str(report.files["grid.png"]))
     columns = 2 + len(design.sizes) + 1

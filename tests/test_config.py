@@ -10,6 +10,7 @@ import yaml
 from segft.cli import _leaf_fields, _default, build_parser, config_from_args
 from segft.config import (BaseConfig, FinetuneConfig, ModelConfig, PredictConfig, ReportConfig, StudyConfig,
                           TrainConfig, TuneConfig)
+from segft.mlproject import render
 from segft.presets import PRESETS, preset_train_config
 
 MLPROJECT = Path(__file__).resolve().parents[1] / "MLproject"
@@ -30,12 +31,20 @@ def project() -> dict:
     return yaml.safe_load(MLPROJECT.read_text())
 
 
+def test_committed_mlproject_is_generated_from_the_dataclasses():
+    """Run `segft mlproject` after changing a config field; this fails until then."""
+    assert MLPROJECT.read_text() == render(), "MLproject is stale: run `segft mlproject`"
+
+
 @pytest.mark.parametrize("entry_point, config_class", ENTRY_POINTS)
-def test_mlproject_defaults_match_dataclasses(project, entry_point, config_class):
+def test_mlproject_and_dataclass_fields_match_in_both_directions(project, entry_point, config_class):
+    """Every parameter is a field with the field's default, and every field is a parameter (except those that
+    do not apply: tune draws its own lr)."""
     defaults = dataclass_defaults(config_class)
     parameters = project["entry_points"][entry_point]["parameters"]
+    not_applicable = {"tune": {"lr"}}.get(entry_point, set())
+    assert set(parameters) == set(defaults) - not_applicable
     for name, spec in parameters.items():
-        assert name in defaults, f"MLproject parameter {name} is no field of {config_class.__name__}"
         expected = "" if entry_point == "study" and name in FROM_PRESET else defaults[name]
         if isinstance(expected, bool):
             expected = str(expected)
@@ -45,11 +54,18 @@ def test_mlproject_defaults_match_dataclasses(project, entry_point, config_class
 @pytest.mark.parametrize("entry_point, config_class", ENTRY_POINTS)
 def test_mlproject_command_passes_every_parameter_to_its_flag(project, entry_point, config_class):
     spec = project["entry_points"][entry_point]
-    command = spec["command"]
+    command = " ".join(spec["command"].split())
     command_name = "report" if entry_point == "analyze" else entry_point
     assert command.startswith(f"python -m segft {command_name} ")
     for name in spec["parameters"]:
         assert f"--{name.replace('_', '-')} {{{name}}}" in command
+
+
+@pytest.mark.parametrize("entry_point", ["base", "finetune", "study", "tune"])
+@pytest.mark.parametrize("name", ["arch", "loss_scope", "bce_in_every_branch", "weight_bce", "weight_tversky",
+                                  "weight_focal_tversky", "small_foreground"])
+def test_model_and_loss_settings_reach_every_training_entry_point(project, entry_point, name):
+    assert name in project["entry_points"][entry_point]["parameters"]
 
 
 @pytest.mark.parametrize("name", ["data_dir", "epochs", "batch_size", "lr", "patch_size", "encoder", "seed"])

@@ -47,6 +47,10 @@ class StudySplit:
     def test_sets(self) -> tuple[ImageSet, ImageSet]:
         return self.test_dataset1, self.test_dataset2
 
+    def test_images(self) -> dict[tuple[str, str], tuple]:
+        """``(dataset, image name) -> (image, mask)`` of every test image (for overlays)."""
+        return {(s.name, n): (i, m) for s in self.test_sets() for n, i, m in zip(s.names, s.images, s.masks)}
+
     def file_names(self) -> dict[str, list[str]]:
         """The exact image names of each part, for logging."""
         return {
