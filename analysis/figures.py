@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.query import RAW_ARM
-from analysis.summary import DATASET1, FORGETTING_TOLERANCE, THRESHOLD_ARM
+from analysis.summary import DATASET1, FORGETTING_MARGIN, THRESHOLD_ARM
 
 #: Arms that start from the base model: at 0 Dataset 2 images they are the raw model.
 FROM_BASE = ("finetune", "joint")
@@ -87,7 +87,7 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_TOLERANCE) -> go.Figure:
+def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_MARGIN) -> go.Figure:
     """Dataset 1 paired change of Dice against the raw model, one line per arm, with CI bands.
 
     The zero line is no change; dashed lines at ±``tolerance`` mark the band within which the study calls the

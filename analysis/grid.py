@@ -130,9 +130,12 @@ def _read_mask(path: Path) -> np.ndarray:
 def _columns(tidy: pd.DataFrame, arm: str, repeat: int) -> list[tuple[str, str]]:
     """``(header, run_id)`` of the raw model, the threshold baseline (when the study ran it), then of ``arm`` at
     ``repeat`` for every size, ascending."""
-    raw = tidy.loc[tidy["arm"] == RAW_ARM, "run_id"].unique()
+    raws = tidy[tidy["arm"] == RAW_ARM]
+    raw = raws.loc[raws["repeat"] == repeat, "run_id"].unique()  # with a base model per repeat: that repeat's
+    if len(raw) == 0 and raws["repeat"].nunique() == 1:  # one base model for every repeat
+        raw = raws["run_id"].unique()
     if len(raw) != 1:
-        raise ValueError(f"the grid needs exactly one raw-model run, found {len(raw)}")
+        raise ValueError(f"the grid needs exactly one raw-model run for repeat {repeat}, found {len(raw)}")
     threshold = [("Threshold", run) for run in tidy.loc[tidy["arm"] == THRESHOLD_ARM, "run_id"].unique()[:1]]
     runs = tidy[(tidy["arm"] == arm) & (tidy["repeat"] == repeat)].drop_duplicates("n_images").sort_values("n_images")
     suffix = "" if arm == "finetune" else f" ({arm})"

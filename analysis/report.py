@@ -72,9 +72,6 @@ def _table_html(table: pd.DataFrame) -> str:
     return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
 
 
-def _findings_table(found: pd.DataFrame) -> pd.DataFrame:
-    verdict = {True: "yes", False: "no", None: "not tested"}
-    return found.assign(holds=found["holds"].map(lambda h: verdict[None if pd.isna(h) else bool(h)]))
 
 
 def _without_password(uri: str) -> str:
@@ -103,7 +100,8 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
 <code>{e(_without_password(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
-<h2>Findings</h2>{_table_html(_findings_table(report.findings))}
+<h2>Findings</h2><p>Each finding is decided on an interval: yes, no, or undecided when the interval straddles
+the bound.</p>{_table_html(report.findings)}
 <h2>Runs flagged as degenerate</h2><p>Predicted foreground over {quality.DEGENERATE_RATIO:g}x or under
 1/{quality.DEGENERATE_RATIO:g} of the true foreground on a test set (fg_ratio), or exactly the same masks as another
 size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
@@ -111,12 +109,20 @@ size of the same arm and repeat. A flagged raw model shows the domain shift; a f
 {_table_html(report.degenerate) if not report.degenerate.empty else "<p>None.</p>"}
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
 <h2>Overlay comparison</h2><p>{e(grid_note)}</p><img class="grid" alt="overlay grid" src="{grid_uri}">
-<h2>Mean test Dice (95% percentile bootstrap CI over repeat × test image)</h2>{_table_html(report.summary)}
-<h2>Paired change against the raw model (per test image)</h2>{_table_html(report.paired_change)}
+<h2>Mean test Dice</h2><p>95% confidence intervals from a hierarchical (two-stage) percentile bootstrap: each of
+9999 resamples draws the test images with replacement, then each drawn image's repeats with replacement, because
+every repeat is scored on the same test images (Davison &amp; Hinkley 1997, §3.8; Field &amp; Welsh 2007). With
+one base model per repeat, base-training variance is inside every interval.</p>{_table_html(report.summary)}
+<h2>Paired change against the raw model (per test image and repeat)</h2>{_table_html(report.paired_change)}
 <h2>Runs</h2>{_table_html(runs)}
 <h2>Study parameters</h2>{_table_html(parameters)}
 </body></html>
 """
+
+
+def _margin(params: dict[str, str]) -> float:
+    """The study's ``forgetting_margin`` (logged on its parent run), else the default."""
+    return float(params.get("forgetting_margin", summary.FORGETTING_MARGIN))
 
 
 def _grid_arm(tidy: pd.DataFrame) -> str:
@@ -144,7 +150,8 @@ def build_report(config: ReportConfig) -> Report:
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(study.study_id, parent.info.run_id, parent.info.experiment_id, client.tracking_uri, folder,
                     tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
-                    findings=summary.findings(tidy), degenerate=summary.degenerate_runs(tidy))
+                    findings=summary.findings(tidy, _margin(parent.data.params)),
+                    degenerate=summary.degenerate_runs(tidy))
     files = report.files  # filled in as they are written
     for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
                         ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate)):
@@ -152,7 +159,7 @@ def build_report(config: ReportConfig) -> Report:
         files[name] = folder / name
     # the figures live in report.html only: one inlined copy of plotly.js (4.7 MB) per report is enough
     figs = {"dice_vs_images": figures.dice_vs_images(report.summary),
-            "forgetting": figures.forgetting(report.paired_change)}
+            "forgetting": figures.forgetting(report.paired_change, _margin(parent.data.params))}
     arm = _grid_arm(tidy)
     headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
     files["grid.png"] = grid.write_png(grid.compose_grid(rows, headers), folder / "grid.png")
@@ -184,14 +191,13 @@ def text_summary(report: Report) -> str:
     pivot = table.pivot(index=["arm", "n_images"], columns="dataset", values="cell").reset_index()
     pivot = pivot.sort_values(["arm", "n_images"], key=summary.arm_first).rename(columns={"n_images": "n"})
     pivot.columns.name = None
-    verdict = {True: "yes", False: "NO", None: "n/a"}
-    claims = [f"  [{verdict[None if pd.isna(r.holds) else bool(r.holds)]:>3}] {r.claim}: {r.evidence}"
+    claims = [f"  [{r.verdict.upper() if r.verdict == summary.NO else r.verdict}] {r.claim}: {r.evidence}"
               for r in report.findings.itertuples()]
     flagged = [f"  {r.arm} n={r.n_images} repeat {r.repeat}, {r.dataset}: {r.reason}"
                for r in report.degenerate.itertuples()]
     return "\n".join([
         f"Study {report.study_id} (parent run {report.parent_run_id}): {report.tidy['run_id'].nunique()} runs",
-        "Mean test Dice [95% bootstrap CI]:",
+        "Mean test Dice [95% hierarchical bootstrap CI: test images, then repeats]:",
         pivot.to_string(index=False),
         "Findings:",
         *claims,

@@ -240,6 +240,10 @@ class StudyConfig:
             no training, run once: the baseline a model must beat).
         resample: Repeats other than 0 draw their fine-tuning images at random from the pool (nested: a larger
             size contains the smaller ones); repeat 0, and every repeat when false, takes the first n images.
+        base_per_repeat: Train one base model per repeat (seed ``seed + r``), so base-training variance enters
+            every interval and the raw arm has repeats; false trains one base model for all repeats.
+        forgetting_margin: Equivalence margin of the finding "Dataset 1 is kept": every size's interval of the
+            Dataset 1 change against the raw model must lie within plus or minus this.
         preset: Training settings to start from: ``protocol`` (the original study) or ``quick`` (a 2-core CPU
             finishes the whole study in minutes); explicit training parameters override the preset.
         report_dir: Local folder for the report (also logged on the study's parent run).
@@ -251,6 +255,8 @@ class StudyConfig:
     repeats: int = 3
     arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
     resample: bool = True
+    base_per_repeat: bool = True
+    forgetting_margin: float = 0.05
     preset: str = "protocol"
     report_dir: str = "segft-report"
 
@@ -262,6 +268,8 @@ class StudyConfig:
             raise ValueError(f"sizes must be positive numbers of images, got {self.sizes}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if not 0 < self.forgetting_margin < 1:
+            raise ValueError(f"forgetting_margin must be in (0, 1), got {self.forgetting_margin}")
 
 
 #: File formats ``predict`` writes masks in.

@@ -7,6 +7,8 @@ both test sets, log everything and register the model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +67,10 @@ def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
 def run_finetune(config: FinetuneConfig) -> RunResult:
     """Fine-tune a base model with the first ``n_images`` of Dataset 2's pool and register the result.
 
-    The base model is ``config.base_model`` or, when empty, the newest registered base model trained on the
-    same data (by digest) with the same encoder; if there is none, one is trained first, as its own run.
-    The fine-tuned model keeps the base model's architecture.
+    The base model is ``config.base_model`` or, when empty, the newest registered base model with the same
+    ``base_key``; if there is none, one is trained first, as its own run. A base model whose architecture, patch
+    size or split differs from the run's, or that trained on the run's test images, is refused
+    (``check_base_model``).
     """
     train_config, registry = config.train, config.registry
     study = load_study(train_config.data_dir)
@@ -76,7 +79,8 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     digest = study.digest()
     device = resolve_device(train_config.device)
     base_uri = resolve_base_model(config.base_model, train_config, registry, split, digest)
-    model, model_config = load_base_model(base_uri, device)
+    model, model_config, patch_size = load_base_model(base_uri, device)
+    check_base_model(base_uri, model_config, patch_size, train_config, split)
     torch.manual_seed(train_config.seed)
     return train_and_log(
         role="finetune",
@@ -102,26 +106,75 @@ def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
     return split.finetune_pool.subset(rest) if rest else None
 
 
+#: The training settings that, with the data, split, model and loss, define a base model (``base_key``); the
+#: others (device, step mode, layout, evaluation overlap, freezing) do not change what base training learns.
+BASE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "patch_size", "seed", "autocast")
+
+
+def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
+    """Digest of everything that defines a base model: data digest, the split's file names, architecture and its
+    settings, loss settings and ``BASE_TRAINING_FIELDS``. A base model is reused only under the same key."""
+    definition = {
+        "data_digest": digest,
+        "split": split.file_names(),
+        "model": dataclasses.asdict(config.model),
+        "loss": dataclasses.asdict(config.loss),
+        "training": {name: getattr(config, name) for name in BASE_TRAINING_FIELDS},
+    }
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def resolve_base_model(
     base_model: str, config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str
 ) -> str:
-    """``base_model`` or, when empty, the newest registered base model trained on the same data (by digest) with
-    the same encoder; if there is none, one is trained first, as its own run (no MLflow run may be active).
+    """``base_model`` or, when empty, the newest registered base model with the same ``base_key`` (same data,
+    split, architecture, loss and training settings); if there is none, one is trained first, as its own run (no
+    MLflow run may be active).
 
     Returns:
         The base model's URI.
     """
     found = base_model or tracking.find_model_version(
-        registry.base_model_name, {tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder}
+        registry.base_model_name, {tracking.BASE_KEY_TAG: base_key(config, split, digest)}
     )
     return found or _train_base(config, registry, split, digest, new_run=True).model_uri
 
 
+def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, config: TrainConfig,
+                     split: StudySplit) -> None:
+    """Refuse a base model that does not fit the run.
+
+    Raises:
+        ValueError: In one line, listing every difference between the base model's architecture, patch size or
+            split and the run's; or when the base model trained on any of the run's test images (always refused:
+            the test scores would be inflated).
+    """
+    base_params = tracking.model_run_params(base_uri)
+    differences = [f"{name}: base {theirs!r}, run {ours!r}" for name, theirs, ours in (
+        ("arch", model_config.arch, config.model.arch),
+        *((name, getattr(model_config, name), getattr(config.model, name))
+          for name in ("encoder", "encoder_depth", "decoder_channels") if config.model.arch == "attention_unet"),
+        ("patch_size", patch_size, config.patch_size),
+        *((name, int(base_params[name]), getattr(config.split, name))
+          for name in ("dataset1_train_images", "dataset2_pool_images") if name in base_params),
+    ) if theirs != ours]
+    if differences:
+        raise ValueError(f"base model {base_uri} does not fit this run ({'; '.join(differences)}); "
+                         "give the matching settings or another --base-model")
+    trained_on = tracking.model_training_images(base_uri)
+    leaked = sorted(set(trained_on) & set(split.test_dataset1.names))
+    if leaked:
+        raise ValueError(f"base model {base_uri} was trained on {len(leaked)} of this run's Dataset 1 test images "
+                         f"({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''}): its test scores would be "
+                         "inflated; train a base model with this split")
+
+
 def _train_base(
     config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str, new_run: bool = False,
-    nested: bool = False, extra_tags: dict[str, str] | None = None,
+    nested: bool = False, extra_tags: dict[str, str] | None = None, repeat: int = 0, run_name: str = "",
 ) -> RunResult:
     torch.manual_seed(config.seed)
+    key = base_key(config, split, digest)
     return train_and_log(
         role="base",
         model=build_model(config.model),
@@ -130,18 +183,19 @@ def _train_base(
         split=split,
         digest=digest,
         registered_name=registry.base_model_name,
-        extra_params={"n_images": 0},
+        extra_params={"n_images": 0, "repeat": repeat, "base_key": key},
         new_run=new_run,
         nested=nested,
-        extra_tags=extra_tags,
+        extra_tags={**(extra_tags or {}), tracking.BASE_KEY_TAG: key},
+        run_name=run_name,
     )
 
 
-def load_base_model(model_uri: str, device: torch.device) -> tuple[nn.Module, ModelConfig]:
-    """Download a registered segft model and rebuild it on ``device``."""
+def load_base_model(model_uri: str, device: torch.device) -> tuple[nn.Module, ModelConfig, int]:
+    """Download a registered segft model and rebuild it on ``device``; also return its patch size."""
     with tempfile.TemporaryDirectory() as tmp:
-        model, model_config, _ = load_checkpoint(tracking.download_checkpoint(model_uri, Path(tmp)), device)
-    return model, model_config
+        model, model_config, settings = load_checkpoint(tracking.download_checkpoint(model_uri, Path(tmp)), device)
+    return model, model_config, settings.patch_size
 
 
 def train_and_log(

@@ -164,35 +164,50 @@ def run_study(config: StudyConfig) -> StudyResult:
         tracking.log_params({**tracking.flatten_config(config), "data_digest": digest, "study_id": sid})
         tracking.log_study_data(split)
         child_tags = {tracking.STUDY_TAG: sid}
-        if "base" in finished:
-            results["base"] = finished["base"]
-        else:
-            results["base"] = _train_base(train, config.registry, split, digest, nested=True,
-                                          extra_tags={**child_tags, tracking.RUN_KEY_TAG: "base", tracking.ARM_TAG: "raw"})
+        for repeat in base_repeats(config):  # the raw arm: one base model per repeat, or one for all
+            key = base_run_key(repeat)
+            results[key] = finished.get(key) or _train_base(
+                dataclasses.replace(train, seed=train.seed + repeat), config.registry, split, digest, nested=True,
+                extra_tags={**child_tags, tracking.RUN_KEY_TAG: key, tracking.ARM_TAG: "raw",
+                            tracking.REPEAT_TAG: str(repeat)},
+                repeat=repeat, run_name=f"base-r{repeat}")
         if THRESHOLD_ARM in config.arms:
             results[THRESHOLD_ARM] = finished.get(THRESHOLD_ARM) or _run_threshold(split, digest, child_tags)
-        base = None
+        base, base_of_repeat = None, None
         for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
             if planned.key in finished:
                 results[planned.key] = finished[planned.key]
                 continue
-            if planned.arm != "scratch" and base is None:  # downloaded once, copied for every arm that needs it
-                base = load_base_model(results["base"].model_uri, device)
-            results[planned.key] = _run_arm(planned, config, split, digest, results["base"].model_uri, base,
+            base_uri = results[base_run_key(planned.repeat if config.base_per_repeat else 0)].model_uri
+            if planned.arm != "scratch" and base_of_repeat != base_uri:  # downloaded once, copied for each arm
+                base, base_of_repeat = load_base_model(base_uri, device)[:2], base_uri
+            results[planned.key] = _run_arm(planned, config, split, digest, base_uri, base,
                                             {**child_tags, tracking.RUN_KEY_TAG: planned.key})
-        champion = _set_aliases(plan, results)
+        champion = _set_aliases(config, plan, results)
     reused = tuple(key for key in results if key in finished)
     return StudyResult(sid, parent.info.run_id, results, reused, champion.model_uri if champion else None)
 
 
-def _set_aliases(plan: list[PlannedRun], results: dict[str, RunResult]) -> Candidate | None:
-    """Point ``base`` at the study's base model and ``champion`` at ``choose_champion``'s pick; tag the parent."""
-    tracking.set_model_alias(results["base"].model_uri, BASE_ALIAS)
+def base_repeats(config: StudyConfig) -> range:
+    """The repeats that train a base model: every repeat with ``base_per_repeat``, else repeat 0 only."""
+    return range(config.repeats if config.base_per_repeat else 1)
+
+
+def base_run_key(repeat: int) -> str:
+    """Run key of the base model (raw arm) of ``repeat``."""
+    return f"base/r{repeat}"
+
+
+def _set_aliases(config: StudyConfig, plan: list[PlannedRun], results: dict[str, RunResult]) -> Candidate | None:
+    """Point ``champion`` at ``choose_champion``'s pick and ``base`` at the base model it started from (repeat
+    0's without a champion); tag the parent."""
     flags = flag_candidates(plan, results)
     candidates = [Candidate(p.key, results[p.key].model_uri, p.n_images, p.repeat,
                             results[p.key].val_metrics.get(VALIDATION_METRIC), flags.get(p.key, ""))
                   for p in plan if p.arm == "finetune"]
     champion = choose_champion(candidates)
+    base_repeat = champion.repeat if champion and config.base_per_repeat else 0
+    tracking.set_model_alias(results[base_run_key(base_repeat)].model_uri, BASE_ALIAS)
     if champion:
         tracking.set_model_alias(champion.model_uri, CHAMPION_ALIAS)
         tracking.set_champion_tag(champion.model_uri)

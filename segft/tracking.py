@@ -27,6 +27,8 @@ from segft.quality import foreground_ratio, prediction_digest
 from segft.training import EpochLog, ImageResult
 
 ROLE_TAG = "segft.role"
+#: Digest of everything that defines a base model (``segft.runs.base_key``): reuse only under the same key.
+BASE_KEY_TAG = "segft.base_key"
 DIGEST_TAG = "segft.data_digest"
 ENCODER_TAG = "segft.encoder"
 MODEL_URI_TAG = "segft.model_uri"
@@ -314,14 +316,35 @@ def download_checkpoint(model_uri: str, destination: Path) -> Path:
     return checkpoint
 
 
+def model_run_params(model_uri: str) -> dict[str, str]:
+    """The parameters of the run that logged a registered model version; empty for other URIs."""
+    run_id = model_source_run(model_uri)
+    return MlflowClient().get_run(run_id).data.params if run_id else {}
+
+
+def model_training_images(model_uri: str) -> list[str]:
+    """The names of the images the run behind a registered model version trained on (its ``split.json``);
+    empty when unknown."""
+    run_id = model_source_run(model_uri)
+    if not run_id:
+        return []
+    try:
+        return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/split.json").get("train", []))
+    except (mlflow.exceptions.MlflowException, OSError, ValueError):
+        return []
+
+
 def model_source_run(model_uri: str) -> str | None:
-    """The run that logged a registered model version, for lineage tags; None for other URIs."""
+    """The run that logged a registered model version (``models:/<name>/<version>`` or ``models:/<name>@<alias>``),
+    for lineage tags and checks; None for other URIs."""
     if not model_uri.startswith("models:/"):
         return None
-    name, _, version = model_uri[len("models:/") :].partition("/")
-    if not version.isdigit():
-        return None
-    return MlflowClient().get_model_version(name, version).run_id
+    reference = model_uri[len("models:/") :]
+    name, _, version = reference.partition("/")
+    if version.isdigit():
+        return MlflowClient().get_model_version(name, version).run_id
+    name, _, alias = reference.partition("@")
+    return MlflowClient().get_model_version_by_alias(name, alias).run_id if alias else None
 
 
 def tracking_uri() -> str:

@@ -34,7 +34,7 @@ from segft.data.study import StudySplit, load_study, split_study
 from segft.inference import SlidingWindowSegmenter
 from segft.models import build_model
 from segft.models.freezing import freeze
-from segft.runs import RunResult, load_base_model, resolve_base_model, run_base, run_finetune
+from segft.runs import RunResult, check_base_model, load_base_model, resolve_base_model, run_base, run_finetune
 from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, resolve_device, train
 
 #: Share of Dataset 1's training images held out to validate base-training trials (at least one image).
@@ -248,7 +248,8 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     base_uri, base_model, model_config = "", None, train_config.model
     if config.target == "finetune":  # the trials keep the base model's architecture
         base_uri = resolve_base_model(config.base_model, train_config, config.registry, split, digest)
-        base_model, model_config = load_base_model(base_uri, device)
+        base_model, model_config, patch_size = load_base_model(base_uri, device)
+        check_base_model(base_uri, model_config, patch_size, train_config, split)
     study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
     storage_url = config.storage or default_storage(tracking.tracking_uri())
     with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start

@@ -98,7 +98,7 @@ def test_paired_change_needs_the_raw_model_on_every_image(raw, message):
 
 def test_paired_change_rejects_two_raw_runs():
     tidy = make_tidy({"dataset1": [0.8, 0.6]}, {("finetune", 5, "dataset1"): [[0.7, 0.65]]})
-    with pytest.raises(ValueError, match="exactly one raw run"):
+    with pytest.raises(ValueError, match="one raw run per repeat"):
         summary.paired_change(pd.concat([tidy, tidy[tidy["arm"] == "raw"]]))
 
 
@@ -115,19 +115,114 @@ def _study(raw1=0.8, raw2=0.4, ft_small=0.5, ft_large=0.8, ft1=(-0.01, -0.02), s
     return make_tidy({"dataset1": [raw1, raw1 + 0.02], "dataset2": [raw2, raw2 + 0.02]}, runs)
 
 
-@pytest.mark.parametrize("tidy, expected", [
-    (_study(), [True, True, True]),
-    (_study(raw1=0.4, raw2=0.6), [False, True, True]),
-    (_study(ft_small=0.6, ft_large=0.6), [True, False, True]),
-    (_study(ft_small=0.7, ft_large=0.5), [True, False, True]),
-    (_study(ft1=(-0.01, -0.2)), [True, True, False]),
-    (_study(sizes=(5,)), [True, None, True]),
-])
-def test_findings(tidy, expected):
-    found = summary.findings(tidy)
+def test_findings_on_the_default_study_table():
+    found = summary.findings(_study())
     assert len(found) == 5
-    # no threshold run and no pixel counts in these tables: the last two claims cannot be tested
-    assert [None if pd.isna(h) else bool(h) for h in found["holds"]] == expected + [None, None]
+    # no threshold run and no pixel counts in this table: the last two claims cannot be tested
+    assert found["verdict"].tolist() == ["yes", "yes", "yes", "not tested", "not tested"]
+
+
+def rows(arm: str, n: int, dataset: str, per_repeat: list[list[float]], run: str | None = None) -> list[dict]:
+    """Tidy rows of one arm and size: ``per_repeat[r][i]`` is the Dice of test image i in repeat r."""
+    return [{"run_id": run or f"{arm}-{n}-{r}", "arm": arm, "n_images": n, "repeat": r, "dataset": dataset,
+             "image": f"{i:03d}", "dice": v} for r, values in enumerate(per_repeat) for i, v in enumerate(values)]
+
+
+def table(*parts: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([row for part in parts for row in part], columns=query.TIDY_COLUMNS)
+
+
+RAW = rows("raw", 0, "dataset1", [[0.8, 0.82]], "raw") + rows("raw", 0, "dataset2", [[0.4, 0.42]], "raw")
+FT_D2 = rows("finetune", 5, "dataset2", [[0.5, 0.52], [0.51, 0.53]]) + rows("finetune", 20, "dataset2", [[0.8, 0.82], [0.81, 0.83]])
+
+
+def with_d1_change(changes: list[list[float]]) -> list[dict]:
+    """finetune n=5 Dataset 1 rows whose change against RAW's Dataset 1 Dice is ``changes[r][i]``."""
+    return rows("finetune", 5, "dataset1", [[raw + c for raw, c in zip((0.8, 0.82), cs)] for cs in changes])
+
+
+def threshold(values: list[float]) -> list[dict]:
+    return rows("threshold", 0, "dataset2", [values], "threshold")
+
+
+VERDICT_CASES = [  # name, claim index, tidy table, expected verdict
+    ("gap: yes", 0, table(RAW), "yes"),
+    ("gap: no", 0, table(rows("raw", 0, "dataset1", [[0.4, 0.42]], "raw"),
+                         rows("raw", 0, "dataset2", [[0.8, 0.82]], "raw")), "no"),
+    ("gap: undecided", 0, table(rows("raw", 0, "dataset1", [[0.5, 0.9]], "raw"),
+                                rows("raw", 0, "dataset2", [[0.6, 0.65]], "raw")), "undecided"),
+    ("gap: not tested", 0, table(rows("raw", 0, "dataset1", [[0.5, 0.9]], "raw")), "not tested"),
+    ("size gain: yes", 1, table(RAW, FT_D2), "yes"),
+    ("size gain: no", 1, table(RAW, rows("finetune", 5, "dataset2", [[0.8, 0.82], [0.81, 0.83]]),
+                               rows("finetune", 20, "dataset2", [[0.5, 0.52], [0.51, 0.53]])), "no"),
+    ("size gain: undecided", 1, table(RAW, rows("finetune", 5, "dataset2", [[0.5, 0.5], [0.5, 0.5]]),
+                                      rows("finetune", 20, "dataset2", [[0.7, 0.3], [0.6, 0.4]])), "undecided"),
+    ("size gain: one size", 1, table(RAW, FT_D2[:4]), "not tested"),
+    ("kept: yes", 2, table(RAW, FT_D2, with_d1_change([[-0.01, -0.012], [-0.011, -0.009]])), "yes"),
+    ("kept: no", 2, table(RAW, FT_D2, with_d1_change([[-0.2, -0.21], [-0.19, -0.2]])), "no"),
+    ("kept: undecided", 2, table(RAW, FT_D2, with_d1_change([[-0.1, 0.0], [-0.08, 0.01]])), "undecided"),
+    ("beats threshold: yes", 3, table(RAW, FT_D2, threshold([0.5, 0.5])), "yes"),
+    ("beats threshold: no", 3, table(RAW, FT_D2, threshold([0.95, 0.95])), "no"),
+    ("beats threshold: undecided", 3, table(RAW, FT_D2, threshold([0.4, 1.0])), "undecided"),
+]
+
+
+@pytest.mark.parametrize("name, claim, tidy, verdict", VERDICT_CASES, ids=[case[0] for case in VERDICT_CASES])
+def test_finding_verdicts(name, claim, tidy, verdict):
+    assert summary.findings(tidy)["verdict"].iloc[claim] == verdict
+
+
+def test_forgetting_margin_is_the_study_parameter():
+    tidy = table(RAW, FT_D2, with_d1_change([[-0.07, -0.072], [-0.071, -0.069]]))
+    assert summary.findings(tidy)["verdict"].iloc[2] == "no"
+    found = summary.findings(tidy, margin=0.1)
+    assert found["verdict"].iloc[2] == "yes" and "±0.1" in found["claim"].iloc[2]
+
+
+def test_size_gain_states_the_trend_test():
+    tidy = table(RAW, FT_D2, rows("finetune", 10, "dataset2", [[0.6, 0.62], [0.61, 0.63]]))
+    assert "Page's L test" in summary.findings(tidy)["evidence"].iloc[1]
+    assert "an increasing trend" in summary.findings(tidy)["evidence"].iloc[1]
+
+
+# ---- hierarchical intervals ----
+
+def nested_table(image_sd: float, repeat_sd: float, images: int = 8, repeats: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    effect = rng.normal(0.6, image_sd, images)
+    return pd.DataFrame([{"image": f"{i:03d}", "repeat": r, "dice": effect[i] + rng.normal(0, repeat_sd)}
+                         for i in range(images) for r in range(repeats)])
+
+
+def test_hierarchical_interval_is_wider_than_the_row_bootstrap_when_images_differ_more_than_repeats():
+    """With images that differ (sd 0.15) and repeats that barely do (sd 0.005), the 24 rows carry only 8 images'
+    worth of information: the row bootstrap, which treats them as independent, is too narrow by about sqrt(3)."""
+    tidy = nested_table(image_sd=0.15, repeat_sd=0.005)
+    low, high = summary.hierarchical_ci(tidy)
+    row_low, row_high = summary.bootstrap_ci(tidy["dice"].to_numpy())
+    assert (high - low) > 1.4 * (row_high - row_low)
+    assert low <= tidy["dice"].mean() <= high
+
+
+def test_hierarchical_interval_is_the_image_bootstrap_with_one_repeat():
+    tidy = nested_table(image_sd=0.1, repeat_sd=0.0, repeats=1)
+    low, high = summary.hierarchical_ci(tidy)
+    row_low, row_high = summary.bootstrap_ci(tidy["dice"].to_numpy())
+    assert (high - low) == pytest.approx(row_high - row_low, rel=0.15)
+
+
+def test_summary_says_how_its_intervals_were_made():
+    table_ = summary.summarize(_study())
+    assert (table_["ci_method"] == summary.CI_METHOD).all() and "hierarchical" in summary.CI_METHOD
+    assert {"images", "repeats"} <= set(table_.columns)
+
+
+def test_change_is_paired_per_repeat_when_the_raw_model_has_repeats():
+    tidy = table(rows("raw", 0, "dataset1", [[0.8, 0.8], [0.6, 0.6]], "raw"),
+                 rows("finetune", 5, "dataset1", [[0.7, 0.7], [0.7, 0.7]]))
+    tidy.loc[tidy["arm"] == "raw", "run_id"] = tidy["repeat"].map({0: "raw-0", 1: "raw-1"})
+    diffs = summary.paired_differences(tidy).sort_values(["repeat", "image"])
+    assert diffs["change"].round(6).tolist() == [-0.1, -0.1, 0.1, 0.1]
 
 
 def _with_counts(tidy: pd.DataFrame, ratio_of: dict[str, float]) -> pd.DataFrame:
@@ -138,27 +233,19 @@ def _with_counts(tidy: pd.DataFrame, ratio_of: dict[str, float]) -> pd.DataFrame
                        prediction_digest=tidy["run_id"] + tidy["image"])
 
 
-@pytest.mark.parametrize("ratio_of, holds", [({}, True), ({"finetune-20-1": 5.0}, False), ({"raw": 5.0}, True)])
-def test_degenerate_finding_counts_trained_runs_only(ratio_of, holds):
+@pytest.mark.parametrize("ratio_of, verdict", [({}, "yes"), ({"finetune-20-1": 5.0}, "no"), ({"raw": 5.0}, "yes")])
+def test_degenerate_finding_counts_trained_runs_only(ratio_of, verdict):
     """A raw model that over-segments shows the domain shift; only a trained one that does is a failure."""
     found = summary.findings(_with_counts(_study(), ratio_of))
-    assert found["holds"].iloc[4] == holds
-    if not holds:
+    assert found["verdict"].iloc[4] == verdict
+    if verdict == "no":
         assert "finetune n=20 repeat 1 marks 5.0x" in found["evidence"].iloc[4]
     assert summary.degenerate_runs(_with_counts(_study(), ratio_of))["run_id"].nunique() == len(ratio_of)
 
 
-@pytest.mark.parametrize("threshold_dice, holds", [(0.5, True), (0.9, False)])
-def test_threshold_finding(threshold_dice, holds):
-    tidy = _study()
-    baseline = tidy[tidy["arm"] == "raw"].assign(run_id="threshold", arm="threshold", dice=threshold_dice)
-    found = summary.findings(pd.concat([tidy, baseline], ignore_index=True))
-    assert found["holds"].iloc[3] == holds
-
-
 def test_findings_names_the_sizes_that_forget():
     evidence = summary.findings(_study(ft1=(-0.01, -0.2)))["evidence"].iloc[2]
-    assert "n = [20]" in evidence
+    assert "n=20: -0.195 [-0.200, -0.190]" in evidence
 
 
 # ---- figures ----
@@ -270,7 +357,7 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert (report.summary["ci_low"] <= report.summary["mean"] + 1e-12).all()
     assert (report.summary["mean"] <= report.summary["ci_high"] + 1e-12).all()
     assert len(report.summary) == (1 + len(design.arms) * len(design.sizes)) * len(design.datasets)
-    assert report.findings["holds"].tolist()[:3] == [True, True, True]
+    assert report.findings["verdict"].tolist()[:3] == ["yes", "yes", "yes"]
 
     assert set(report.files) == {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png",
                                  "degenerate_runs.csv"}

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 
 from segft.config import ModelConfig
 from segft.models import AttentionGate, AttentionUnet, build_model
+from segft.models.freezing import freeze
+from segft.models.paulow import PaulowUnet
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,22 +159,103 @@ def test_stages_deeper_than_the_encoder_depth_carry_no_weights(depth, absent):
     assert any(key.startswith(f"encoder.layer{depth - 1}.") for key in keys)
 
 
-def test_paulow_reproduces_the_original_network_size_and_shapes():
+# ------------------------------------------------------------------ arch=paulow against the original network
+
+PAULOW_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paulow"
+
+
+@pytest.fixture(scope="module")
+def paulow_reference() -> dict:
+    """Facts measured on the original ``AttentionUNet`` (NTUMMIO/PAULow, see the folder's README.md)."""
+    if not PAULOW_REFERENCE.is_dir():
+        pytest.skip(f"no PAULow reference at {PAULOW_REFERENCE}")
+    return json.loads((PAULOW_REFERENCE / "paulow_reference.json").read_text())
+
+
+def describe_leaf_modules(model: torch.nn.Module) -> list[str]:
+    """Every leaf module in order, written as the reference writes them."""
+    def describe(module: torch.nn.Module) -> str:
+        if isinstance(module, torch.nn.GroupNorm):
+            return f"GroupNorm(groups={module.num_groups})"
+        if isinstance(module, torch.nn.Dropout2d):
+            return f"Dropout2d(p={module.p})"
+        return type(module).__name__
+
+    return [f"{name}: {describe(module)}" for name, module in model.named_modules() if not list(module.children())]
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_paulow_has_the_original_modules_parameters_and_state_dict(paulow_reference, in_channels):
+    reference = paulow_reference[f"img_ch={in_channels}"]
+    model = PaulowUnet(in_channels)
+    assert describe_leaf_modules(model) == reference["modules"]
+    assert sum(p.numel() for p in model.parameters()) == reference["parameters"]
+    shapes = [(key, list(value.shape)) for key, value in model.state_dict().items()]
+    assert shapes == list(reference["state_dict_shapes"].items())  # same keys, shapes and order: checkpoints load
+    if in_channels == 1:
+        assert [key for key, _ in shapes] == paulow_reference["state_dict_order"]
+        assert reference["parameters"] == 8_134_954
+
+
+def test_build_model_paulow_is_the_original_network(paulow_reference):
     model = build_model(ModelConfig(arch="paulow"))
-    assert 8.0e6 < sum(p.numel() for p in model.parameters()) < 8.3e6  # "about 8.1 M parameters"
-    assert model(torch.zeros(2, 1, 32, 48)).shape == (2, 1, 32, 48)
+    assert isinstance(model, PaulowUnet)
+    assert describe_leaf_modules(model) == paulow_reference["img_ch=1"]["modules"]
+
+
+def test_paulow_reproduces_the_original_logits(paulow_reference):
+    """The reference's deterministic forward pass: state_dict entry j filled with 0.05 sin(0.37 k + j), a smooth
+    input image, eval mode; the original's output is its logits (it ends without a sigmoid)."""
+    model = PaulowUnet()
+    state = model.state_dict()
+    assert all(value.is_floating_point() for value in state.values())
+    filled = {
+        key: torch.from_numpy(
+            (0.05 * np.sin(0.37 * np.arange(value.numel(), dtype=np.float64) + j)).astype(np.float32)
+        ).reshape(value.shape)
+        for j, (key, value) in enumerate(state.items())
+    }
+    model.load_state_dict(filled)
+    yy, xx = np.meshgrid(np.arange(128.0), np.arange(128.0), indexing="ij")
+    image = torch.from_numpy((0.5 + 0.5 * np.sin(xx / 7) * np.cos(yy / 11)).astype(np.float32)).reshape(1, 1, 128, 128)
+    expected = torch.from_numpy(np.load(PAULOW_REFERENCE / "paulow_reference_logits.npy"))
+    with torch.no_grad():
+        logits = model.eval()(image)
+    assert logits.shape == expected.shape == (1, 1, 128, 128)
+    assert (logits - expected).abs().max().item() < 1e-5
+
+
+def test_paulow_outputs_one_logit_map_of_the_input_size_and_drops_out_only_in_training():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="paulow"))
+    x = torch.randn(2, 1, 32, 48)
+    assert model(x).shape == (2, 1, 32, 48)
     assert ModelConfig(arch="paulow").size_divisor == 8 and ModelConfig(encoder_depth=4).size_divisor == 16
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))
+        assert not torch.equal(model.train()(x), model(x))
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.01}
+
+
+def test_paulow_encoder_is_the_contracting_path_and_freezes():
+    model = freeze(PaulowUnet(), "encoder")
+    frozen = {name.split(".")[0] for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "conv2", "conv3", "conv4"}
+    assert list(model.state_dict()) == list(PaulowUnet().state_dict())  # the encoder view adds no keys
 
 
 def test_weight_standardized_convolution_uses_zero_mean_unit_variance_weights():
+    """As the original (and Qiao et al.'s code): unbiased standard deviation per output channel, plus 1e-5."""
     from segft.models.paulow import WSConv2d
 
-    conv = WSConv2d(2, 3, 3, padding=1, bias=False)
+    conv = WSConv2d(2, 3, 3, padding=1)
     torch.nn.init.normal_(conv.weight, mean=5.0, std=3.0)
     x = torch.randn(1, 2, 8, 8)
     w = conv.weight
-    standardized = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + 1e-5)
-    assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, standardized, padding=1), atol=1e-5)
+    standardized = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+    expected = torch.nn.functional.conv2d(x, standardized, conv.bias, padding=1)
+    assert torch.allclose(conv(x), expected, atol=1e-5)
 
 
 def test_unknown_arch_lists_the_valid_ones():

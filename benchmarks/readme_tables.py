@@ -1,0 +1,102 @@
+"""README results tables, rendered from the committed ``benchmarks/results/*.json`` files.
+
+The README holds each table between ``<!-- results: <file> -->`` and ``<!-- /results -->``; ``--write`` fills
+them in from the files, and ``tests/test_readme.py`` fails when a block differs from what its file renders, so a
+table can never silently go stale.
+
+    python benchmarks/readme_tables.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _machine(record: dict) -> str:
+    m = record["machine"]
+    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; "
+            f"commit {record['commit'][:10]}, {record['date'][:10]}")
+
+
+def study_table(record: dict) -> str:
+    """Mean test Dice [95 % CI] per arm and size, both datasets, and Dataset 1's change against the raw model."""
+    cells = {(r["arm"], r["n_images"], r["dataset"]): r for r in record["summary"]}
+    change = {(r["arm"], r["n_images"]): r for r in record["dataset1_change"]}
+    rows = sorted({(arm, n) for arm, n, _ in cells}, key=lambda k: (k[0] != "raw", k[0] != "threshold", k[0], k[1]))
+    lines = ["| arm | n | Dataset 1 | Dataset 2 | Dataset 1 change vs raw |", "|---|---|---|---|---|"]
+    for arm, n in rows:
+        d1, d2 = cells.get((arm, n, "dataset1")), cells.get((arm, n, "dataset2"))
+        c = change.get((arm, n))
+        text = [_ci(x["mean"], x["ci_low"], x["ci_high"]) if x else "–" for x in (d1, d2)]
+        delta = _ci(c["mean_change"], c["ci_low"], c["ci_high"]) if c and arm != "threshold" else "–"
+        lines.append(f"| {arm} | {n} | {text[0]} | {text[1]} | {delta} |")
+    findings = [f"- **{f['verdict']}**: {f['claim']} ({f['evidence']})" for f in record["findings"]]
+    flagged = sorted({f"{d['arm']} n={d['n_images']} r{d['repeat']} ({d['dataset']}, ratio {d['fg_ratio']:.2f})"
+                      for d in record["degenerate"]})
+    return "\n".join([
+        f"`{record['segft_command']}`: {record['repeats']} repeats, {record['wall_s'] / 60:.1f} min wall, peak "
+        f"{record['peak_rss_mb'] / 1024:.1f} GB resident ({_machine(record)}).",
+        "", *lines, "", "Findings:", "", *findings, "",
+        "Runs flagged as degenerate on test images: " + ("; ".join(flagged) if flagged else "none") + ".",
+    ])
+
+
+def loss_choice_table(record: dict) -> str:
+    """Validation Dice (decides) and test Dice (reported) of each dynamic-loss variant on each data set."""
+    data = list(next(iter(record["variants"].values()))["data"])
+    head = ["variant", "validation score"] + [f"{d}: val D2 / test D1 / test D2" for d in data]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, variant in record["variants"].items():
+        cells = [f"{v['mean_val_dice_dataset2']:.3f} / {v['mean_test_dice_dataset1']:.3f} / "
+                 f"{v['mean_test_dice_dataset2']:.3f}" for v in variant["data"].values()]
+        mark = " (chosen)" if name == record["chosen"] else ""
+        lines.append(f"| `{name}`{mark} | {variant['validation_score']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join([
+        f"Quick preset, fine-tuning arm, sizes {', '.join(map(str, record['sizes']))}, {record['repeats']} repeats "
+        f"({_machine(record)}); `{record['command']}`.", "", *lines])
+
+
+RENDERERS = {"study-": study_table, "loss_choice": loss_choice_table}
+
+
+def render(file: str) -> str:
+    """The README block of results file ``file`` (a name in ``benchmarks/results``)."""
+    record = json.loads((RESULTS / file).read_text())
+    for prefix, renderer in RENDERERS.items():
+        if file.startswith(prefix):
+            return renderer(record) + "\n"
+    raise KeyError(f"no README renderer for {file}; known prefixes: {sorted(RENDERERS)}")
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """``(file, body)`` of every results block in a README text."""
+    return [(m["file"], m["body"]) for m in BLOCK.finditer(text)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the README's blocks (default: print them)")
+    args = parser.parse_args()
+    text = README.read_text()
+    if not args.write:
+        for file, _ in blocks(text):
+            print(f"--- {file}\n{render(file)}")
+        return
+    README.write_text(BLOCK.sub(lambda m: m.group(1) + render(m["file"]) + m.group(4), text))
+    print(f"rewrote {len(blocks(text))} results blocks in {README}")
+
+
+if __name__ == "__main__":
+    main()
