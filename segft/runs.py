@@ -149,6 +149,12 @@ def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, 
             split and the run's; or when the base model trained on any of the run's test images (always refused:
             the test scores would be inflated).
     """
+    trained_on = tracking.model_training_images(base_uri)
+    leaked = sorted(set(trained_on) & set(split.test_dataset1.names))
+    if leaked:
+        raise ValueError(f"base model {base_uri} was trained on {len(leaked)} of this run's Dataset 1 test images "
+                         f"({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''}): its test scores would be "
+                         "inflated; train a base model with this split")
     base_params = tracking.model_run_params(base_uri)
     differences = [f"{name}: base {theirs!r}, run {ours!r}" for name, theirs, ours in (
         ("arch", model_config.arch, config.model.arch),
@@ -161,12 +167,6 @@ def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, 
     if differences:
         raise ValueError(f"base model {base_uri} does not fit this run ({'; '.join(differences)}); "
                          "give the matching settings or another --base-model")
-    trained_on = tracking.model_training_images(base_uri)
-    leaked = sorted(set(trained_on) & set(split.test_dataset1.names))
-    if leaked:
-        raise ValueError(f"base model {base_uri} was trained on {len(leaked)} of this run's Dataset 1 test images "
-                         f"({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''}): its test scores would be "
-                         "inflated; train a base model with this split")
 
 
 def _train_base(

@@ -227,14 +227,15 @@ def _as_result(run) -> RunResult:
 def _run_threshold(split: StudySplit, digest: str, tags: dict[str, str]) -> RunResult:
     """The ``threshold`` arm: Otsu per test image, its polarity chosen per dataset on training or pool images
     (``segft.threshold``); logged like a trained run's evaluation, with no model."""
-    chosen_on = {split.test_dataset1.name: split.base_train, split.test_dataset2.name: split.finetune_pool}
-    polarities = {name: choose_polarity(images) for name, images in chosen_on.items()}
+    chosen_on = {split.test_dataset1.name: ("dataset1_train", split.base_train),
+                 split.test_dataset2.name: ("dataset2_pool", split.finetune_pool)}
+    polarities = {name: choose_polarity(images) for name, (_, images) in chosen_on.items()}
     tags = {**tags, tracking.ROLE_TAG: THRESHOLD_ARM, tracking.ARM_TAG: THRESHOLD_ARM, tracking.DIGEST_TAG: digest,
             tracking.RUN_KEY_TAG: THRESHOLD_ARM}
     with tracking.start_run(THRESHOLD_ARM, tags, nested=True) as run:
         tracking.log_params({"arm": THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": digest,
                              **{f"threshold_polarity_{name}": p for name, p in polarities.items()},
-                             **{f"threshold_polarity_chosen_on_{name}": s.name for name, s in chosen_on.items()}})
+                             **{f"threshold_polarity_chosen_on_{name}": part for name, (part, _) in chosen_on.items()}})
         results = [r for test_set in split.test_sets()
                    for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
         metrics = tracking.log_evaluation(results, split.test_images())

@@ -83,3 +83,67 @@ def test_too_few_pool_images_for_n_images_is_refused_before_any_run(store, tiny_
     assert status == 2
     assert "n_images=4" in capsys.readouterr().err
     assert all_runs(store) == []
+
+
+# ------------------------------------------------------------------------------ exact base-model reuse (issue 11)
+
+import dataclasses  # noqa: E402
+
+from segft.config import LossConfig  # noqa: E402
+from segft.data.study import load_study, split_study  # noqa: E402
+from segft.runs import base_key  # noqa: E402
+
+KEY_CHANGES = [  # what differs from tiny_train, as TrainConfig replacements
+    ("split", {"split": SplitConfig(dataset1_train_images=2, dataset2_pool_images=3)}),
+    ("epochs", {"epochs": 2}),
+    ("lr", {"lr": 1e-4}),
+    ("seed", {"seed": 1}),
+    ("loss", {"loss": LossConfig(loss_scope="batch")}),
+    ("arch", {"model": ModelConfig(arch="paulow")}),
+    ("encoder", {"model": ModelConfig(encoder="resnet34", encoder_depth=3, decoder_channels=(16, 8, 4))}),
+]
+
+
+@pytest.mark.parametrize("name, change", KEY_CHANGES, ids=[c[0] for c in KEY_CHANGES])
+def test_base_key_changes_with_everything_that_defines_a_base_model(tiny_data, name, change):
+    config = tiny_train(tiny_data)
+    data = load_study(config.data_dir)
+    other = dataclasses.replace(config, **change)
+    key = base_key(config, split_study(data, config.split), data.digest())
+    assert key != base_key(other, split_study(data, other.split), data.digest())
+    same = dataclasses.replace(config, device="cpu", step="eager", overlap=0.25)  # how it runs, not what it learns
+    assert key == base_key(same, split_study(data, same.split), data.digest())
+
+
+def test_base_trained_with_other_settings_is_not_reused(store, tiny_data):
+    run_base(BaseConfig(train=tiny_train(tiny_data)))
+    run_finetune(FinetuneConfig(train=dataclasses.replace(tiny_train(tiny_data), seed=1), n_images=2))
+    assert len(store.search_model_versions("name = 'segft-base'")) == 2  # another seed: a base of its own
+    version = max(store.search_model_versions("name = 'segft-base'"), key=lambda v: int(v.version))
+    run = store.get_run(version.run_id)
+    assert run.data.params["base_key"] == version.tags["segft.base_key"] == run.data.tags["segft.base_key"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"patch_size": 32}, "patch_size: base 64, run 32"),
+    ({"model": ModelConfig(encoder="resnet34", encoder_depth=3, decoder_channels=(16, 8, 4))},
+     "encoder: base 'resnet18', run 'resnet34'"),
+    ({"split": SplitConfig(dataset1_train_images=3, dataset2_pool_images=2)}, "dataset2_pool_images: base 3, run 2"),
+])
+def test_an_explicit_base_model_that_does_not_fit_is_refused_in_one_line(store, tiny_data, capsys, change, message):
+    base = run_base(BaseConfig(train=tiny_train(tiny_data)))
+    config = dataclasses.replace(tiny_train(tiny_data), **change)
+    with pytest.raises(ValueError, match="does not fit this run") as error:
+        run_finetune(FinetuneConfig(train=config, n_images=2, base_model=base.model_uri))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert len(store.search_model_versions("name = 'segft-finetuned'")) == 0
+
+
+def test_a_base_trained_on_the_runs_test_images_is_refused(store, tiny_data):
+    """A base trained on Dataset 1 images 1-3 leaks image 3 into a split that tests on images 3-4."""
+    leaking = run_base(BaseConfig(train=tiny_train(tiny_data)))
+    config = dataclasses.replace(tiny_train(tiny_data), split=SplitConfig(dataset1_train_images=2,
+                                                                          dataset2_pool_images=3))
+    with pytest.raises(ValueError, match="was trained on 1 of this run's Dataset 1 test images"):
+        run_finetune(FinetuneConfig(train=config, n_images=2, base_model=leaking.model_uri))
+    assert len(store.search_model_versions("name = 'segft-finetuned'")) == 0

@@ -20,7 +20,8 @@ from segft.study import draw_pool_indices, plan_runs, run_study
 
 pytestmark = pytest.mark.slow
 
-SIZES, REPEATS, ARMS = (1, 2), 2, ("finetune", "scratch")
+SIZES, REPEATS, ARMS = (1, 2), 2, ("finetune", "scratch", "threshold")
+TRAINED = [arm for arm in ARMS if arm != "threshold"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study(mlflow_server, tmp_path_factory):
-    """A tiny study (1 + 2 sizes x 2 repeats x 2 arms = 9 runs), then the same study started again."""
+    """A tiny study (2 base models + threshold + 2 sizes x 2 repeats x 2 arms = 11 runs), then the same study
+    started again."""
     work = tmp_path_factory.mktemp("study")
     data = write_study(make_microtube_study(n_images=5), work / "data")
     train = preset_train_config("quick", {
@@ -66,9 +68,32 @@ def test_study_runs_hang_under_one_parent(study):
         [e.experiment_id for e in client.search_experiments()],
         f"tags.`segft.study_id` = '{first.study_id}' and tags.`segft.role` != 'study'",
     )
-    assert len(children) == 1 + len(SIZES) * REPEATS * len(ARMS)
+    assert len(children) == REPEATS + 1 + len(SIZES) * REPEATS * len(TRAINED)  # a base model per repeat
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {first.parent_run_id}
-    assert sorted(first.runs) == sorted(["base"] + [p.key for p in plan_runs(config, 3)])
+    assert sorted(first.runs) == sorted(["base/r0", "base/r1", "threshold"] + [p.key for p in plan_runs(config, 3)])
+    bases = [run for run in children if run.data.tags["segft.role"] == "base"]
+    assert sorted(run.data.params["seed"] for run in bases) == ["0", "1"]  # each repeat's own seed
+    assert len({run.data.params["base_key"] for run in bases}) == REPEATS
+    finetuned = [run for run in children if run.data.tags.get("segft.arm") == "finetune"]
+    base_of = {run.data.tags["segft.model_uri"]: run.data.params["repeat"] for run in bases}
+    assert all(base_of[run.data.params["base_model_uri"]] == run.data.params["repeat"] for run in finetuned)
+
+
+def test_threshold_polarity_is_chosen_on_training_and_pool_images(study):
+    _, first, _, _, client = study
+    params = client.get_run(first.runs["threshold"].run_id).data.params
+    assert params["threshold_polarity_chosen_on_dataset1"] == "dataset1_train"  # never the test images
+    assert params["threshold_polarity_chosen_on_dataset2"] == "dataset2_pool"
+    assert {params["threshold_polarity_dataset1"], params["threshold_polarity_dataset2"]} <= {"bright", "dark"}
+
+
+def test_every_run_logs_its_foreground_ratio(study):
+    _, first, _, _, client = study
+    for key, result in first.runs.items():
+        metrics = client.get_run(result.run_id).data.metrics
+        assert {"test_fg_ratio_dataset1", "test_fg_ratio_dataset2"} <= set(metrics), key
+        if key.startswith("finetune") and "val_dice_dataset2" in metrics:
+            assert "val_fg_ratio_dataset2" in metrics
 
 
 def test_starting_the_study_again_reuses_every_finished_run(study):
@@ -91,6 +116,7 @@ def test_report_table_has_a_row_per_run_and_test_image(study):
     tidy = pd.read_csv(report.directory / "tidy.csv")
     assert len(tidy) == len(first.runs) * 2 * 2  # runs x datasets x 2 test images each
     assert set(tidy["arm"]) == {"raw", *ARMS}
+    assert {"tp", "fp", "fn", "prediction_digest"} <= set(tidy.columns)
 
 
 def test_report_confidence_intervals_contain_the_mean(study):
