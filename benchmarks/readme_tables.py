@@ -68,7 +68,25 @@ def loss_choice_table(record: dict) -> str:
         f"({_machine(record)}); `{record['command']}`.", "", *lines])
 
 
-RENDERERS = {"study-": study_table, "loss_choice": loss_choice_table}
+def speed_table(record: dict) -> str:
+    """Training step times of the default model and the original network, inference speed, peak memory."""
+    protocol = record["protocol_batch"]
+    lines = ["| model | step | precision | batch | ms / step | patches / s | original protocol (18,750 steps at batch "
+             f"{protocol}), pure compute |", "|---|---|---|---|---|---|---|"]
+    for m in record["training"]:
+        lines.append(f"| {m['model']} | {m['mode']} | {m['precision']} | {m['batch_size']} | {m['step_ms']:,.1f} | "
+                     f"{m['patches_per_s']:.1f} | {m['protocol_minutes']:,.0f} min |")
+    inference = "; ".join(f"{r['precision']}: {r['median_s']:.2f} s per image, **{r['megapixels_per_s']:.2f} "
+                          f"megapixels per second**" for r in record["inference"])
+    return "\n".join([
+        f"`{record['command']}` ({_machine(record)}, {record['threads']} threads):", "", *lines, "",
+        f"The default model trains **{record['default_speedup_over_paulow']:.1f}x** faster than the original network "
+        f"at batch {protocol} (eager, float32). Inference on one {record['image_size']} x {record['image_size']} "
+        f"16-bit image ({record['inference'][0]['windows']} windows): {inference}. Peak resident memory of the "
+        f"benchmark: {record['peak_memory']['peak_resident_mb']:,.0f} MB."])
+
+
+RENDERERS = {"study-": study_table, "loss_choice": loss_choice_table, "speed-": speed_table}
 
 
 def render(file: str) -> str:

@@ -73,12 +73,12 @@ def test_each_finetune_run_validates_on_the_pool_images_it_left_out(study):
 def test_champion_is_the_best_validated_finetune_version_and_base_is_the_study_base(study):
     _, _, _, _, result, client = study
     runs = {key: client.get_run(r.run_id) for key, r in result.runs.items()}
-    best = max((k for k in runs if k != "base"), key=lambda k: (runs[k].data.metrics["val_dice_dataset2"],
+    best = max((k for k in runs if k.startswith("finetune")), key=lambda k: (runs[k].data.metrics["val_dice_dataset2"],
                                                                 int(runs[k].data.params["n_images"])))
     champion = _version(client, "champion")
     assert champion.run_id == runs[best].info.run_id
     assert result.champion == f"models:/segft-finetuned/{champion.version}"
-    assert _version(client, "base").run_id == runs["base"].info.run_id
+    assert _version(client, "base").run_id == runs["base/r0"].info.run_id
     assert champion.tags["arm"] == "finetune" and _version(client, "base").tags["arm"] == "raw"
     assert {"run_id", "n_images", "test_dice_dataset1", "val_dice_dataset2"} <= set(champion.tags)
     assert client.get_run(result.parent_run_id).data.tags["segft.champion"] == result.champion
@@ -98,7 +98,7 @@ def test_a_resumed_study_sets_the_aliases_again(study):
     assert again.champion == result.champion
     assert _version(client, "champion").run_id == client.get_model_version(
         "segft-finetuned", result.champion.rsplit("/", 1)[1]).run_id
-    assert _version(client, "base").run_id == result.runs["base"].run_id
+    assert _version(client, "base").run_id == result.runs["base/r0"].run_id
 
 
 def test_champion_by_alias_predicts_what_its_run_evaluated(study):
