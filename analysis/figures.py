@@ -9,12 +9,13 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.query import RAW_ARM
-from analysis.summary import DATASET1, FORGETTING_MARGIN, THRESHOLD_ARM
+from analysis.summary import FORGETTING_MARGIN
+from segft.schema import DATASET1, FINETUNE_ARM, JOINT_ARM, RAW_ARM, SCRATCH_ARM, THRESHOLD_ARM
 
 #: Arms that start from the base model: at 0 Dataset 2 images they are the raw model.
-FROM_BASE = ("finetune", "joint")
-ARM_COLOURS = {"finetune": "#0072B2", "scratch": "#D55E00", "joint": "#009E73", "threshold": "#999999"}  # Okabe-Ito, colour-blind safe
+FROM_BASE = (FINETUNE_ARM, JOINT_ARM)
+ARM_COLOURS = {FINETUNE_ARM: "#0072B2", SCRATCH_ARM: "#D55E00", JOINT_ARM: "#009E73",  # Okabe-Ito, colour-blind
+               THRESHOLD_ARM: "#999999"}
 DATASET_DASH = {DATASET1: "dot"}
 X_TITLE = "Dataset 2 images used for training"
 

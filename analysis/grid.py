@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.query import RAW_ARM, download
-from analysis.summary import THRESHOLD_ARM
+from analysis.query import download
+from segft.schema import (FINETUNE_ARM, RAW_ARM, TEST_DATA_DIR, THRESHOLD_ARM, prediction_path, study_image_path,
+                          study_images_dir, study_mask_path)
 from segft.overlays import draw_outline
 
 PREDICTION_COLOUR = (255, 215, 0)  # yellow
@@ -138,14 +139,14 @@ def _columns(tidy: pd.DataFrame, arm: str, repeat: int) -> list[tuple[str, str]]
         raise ValueError(f"the grid needs exactly one raw-model run for repeat {repeat}, found {len(raw)}")
     threshold = [("Threshold", run) for run in tidy.loc[tidy["arm"] == THRESHOLD_ARM, "run_id"].unique()[:1]]
     runs = tidy[(tidy["arm"] == arm) & (tidy["repeat"] == repeat)].drop_duplicates("n_images").sort_values("n_images")
-    suffix = "" if arm == "finetune" else f" ({arm})"
+    suffix = "" if arm == FINETUNE_ARM else f" ({arm})"
     sizes = [(f"{n} image{'s' * (n != 1)}{suffix}", run) for n, run in zip(runs["n_images"], runs["run_id"])]
     return [("Raw", raw[0]), *threshold, *sizes]
 
 
 def load_grid(
     client: MlflowClient, parent_run_id: str, tidy: pd.DataFrame, grid_images: int = 2,
-    images: dict[str, list[str]] | None = None, arm: str = "finetune", repeat: int = 0,
+    images: dict[str, list[str]] | None = None, arm: str = FINETUNE_ARM, repeat: int = 0,
 ) -> tuple[list[str], list[GridRow]]:
     """Headers and rows of a study's grid, read through the client.
 
@@ -164,10 +165,10 @@ def load_grid(
     if grid_images < 1:
         raise ValueError(f"grid_images must be >= 1, got {grid_images}")
     if images is None:
-        datasets = sorted(Path(f.path).name for f in client.list_artifacts(parent_run_id, "test_data") if f.is_dir)
+        datasets = sorted(Path(f.path).name for f in client.list_artifacts(parent_run_id, TEST_DATA_DIR) if f.is_dir)
         if not datasets:
             raise ValueError(f"study parent run {parent_run_id} has no test_data/ artifacts to draw the grid from")
-        images = {d: sorted(Path(f.path).stem for f in client.list_artifacts(parent_run_id, f"test_data/{d}/images"))
+        images = {d: sorted(Path(f.path).stem for f in client.list_artifacts(parent_run_id, study_images_dir(d)))
                   [:grid_images] for d in datasets}
     columns = _columns(tidy, arm, repeat)
     rows = []
@@ -181,9 +182,9 @@ def load_grid(
                 scores = tidy[(tidy["dataset"] == dataset) & (tidy["image"] == name)].set_index("run_id")["dice"]
                 rows.append(GridRow(
                     label=f"{dataset}/{name}",
-                    image=get(parent_run_id, f"test_data/{dataset}/images/{name}.png"),
-                    predictions=tuple(get(run, f"predictions/{dataset}/{name}.png") for _, run in columns),
-                    truth=get(parent_run_id, f"test_data/{dataset}/masks/{name}.png"),
+                    image=get(parent_run_id, study_image_path(dataset, name)),
+                    predictions=tuple(get(run, prediction_path(dataset, name)) for _, run in columns),
+                    truth=get(parent_run_id, study_mask_path(dataset, name)),
                     dice=tuple(float(scores.get(run, np.nan)) for _, run in columns),
                 ))
     return ["Original"] + [header for header, _ in columns] + ["Ground truth"], rows

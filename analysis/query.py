@@ -8,22 +8,19 @@ every child, and each child's ``evaluation/per_image_dice.csv``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
+from typing import Iterator
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from segft.tracking import ARM_TAG, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
-
-#: The arm of the base model, evaluated as it is (no Dataset 2 images).
-RAW_ARM = "raw"
-EVALUATION_CSV = "evaluation/per_image_dice.csv"
+from segft.schema import ARM_TAG, EVALUATION_CSV, RAW_ARM, ROLE_STUDY, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
 TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
 #: Per-image columns a tidy table carries when the runs logged them: pixel counts and the mask's digest.
 COUNT_COLUMNS = ["tp", "fp", "fn", "prediction_digest"]
@@ -72,7 +69,7 @@ def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str 
     """
     if study_id and not re.fullmatch(r"[0-9A-Za-z_-]+", study_id):
         raise ValueError(f"study id must be letters, digits, '_' or '-' (e.g. 8ec8fb0ecc7b), got {study_id!r}")
-    query = f"tags.`{ROLE_TAG}` = 'study'"
+    query = f"tags.`{ROLE_TAG}` = '{ROLE_STUDY}'"
     if study_id:
         query += f" and tags.`{STUDY_TAG}` = '{study_id}'"
     runs = _search_runs(client, _experiment_ids(client, experiment), query)
@@ -84,7 +81,7 @@ def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str 
     return runs[0]
 
 
-def load_study(client: MlflowClient, study_id: str = "", experiment: str = "") -> Study:
+def read_study(client: MlflowClient, study_id: str = "", experiment: str = "") -> Study:
     """Find a study (see ``find_study_parent``) and its finished child runs, one per run key (newest wins).
 
     Raises:
@@ -97,7 +94,7 @@ def load_study(client: MlflowClient, study_id: str = "", experiment: str = "") -
     children: dict[str, Run] = {}
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG)
-        if key and run.data.tags.get(ROLE_TAG) != "study" and key not in children:
+        if key and run.data.tags.get(ROLE_TAG) != ROLE_STUDY and key not in children:
             children[key] = run
     if not children:
         raise ValueError(f"study {sid} (parent run {parent.info.run_id}) has no finished child runs yet")
@@ -107,7 +104,7 @@ def load_study(client: MlflowClient, study_id: str = "", experiment: str = "") -
 def run_coordinates(run: Run) -> dict[str, object]:
     """A child run's place in the study: run_id, arm, n_images, repeat (the raw model: ``raw``, 0, 0)."""
     tags, params = run.data.tags, run.data.params
-    arm = tags.get(ARM_TAG) or (RAW_ARM if tags.get(RUN_KEY_TAG) == "base" else tags.get(ROLE_TAG, ""))
+    arm = tags.get(ARM_TAG) or tags.get(ROLE_TAG, "")
     return {"run_id": run.info.run_id, "arm": arm, "n_images": int(params.get("n_images", 0)),
             "repeat": int(params.get("repeat", 0))}
 
@@ -121,12 +118,25 @@ def download(client: MlflowClient, run_id: str, path: str, destination: str | Pa
     Raises:
         ValueError: If the artifact cannot be downloaded (missing, or the store refuses).
     """
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     try:
-        with mock.patch.dict(os.environ, {name: os.environ.get(name, "false")}):
+        with _artifact_progress_bar_off():
             return Path(client.download_artifacts(run_id, path, str(destination)))
     except Exception as error:  # each artifact store raises its own types
         raise ValueError(f"cannot download artifact {path!r} of run {run_id}: {error}") from error
+
+
+@contextlib.contextmanager
+def _artifact_progress_bar_off() -> Iterator[None]:
+    """Turn MLflow's download progress bar off for the block, unless the user chose a setting themselves."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    chosen = name in os.environ
+    if not chosen:
+        os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if not chosen:
+            os.environ.pop(name, None)
 
 
 def tidy_table(client: MlflowClient, study: Study) -> pd.DataFrame:

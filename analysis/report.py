@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from mlflow import MlflowClient
 
 from analysis import figures, grid, query, summary
-from segft import quality
+from segft import quality, schema
 from segft.config import ReportConfig
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -126,8 +126,8 @@ def _margin(params: dict[str, str]) -> float:
 
 
 def _grid_arm(tidy: pd.DataFrame) -> str:
-    arms = [a for a in ("finetune", "joint", "scratch") if (tidy["arm"] == a).any()]
-    return arms[0] if arms else "finetune"
+    arms = [a for a in (schema.FINETUNE_ARM, schema.JOINT_ARM, schema.SCRATCH_ARM) if (tidy["arm"] == a).any()]
+    return arms[0] if arms else schema.FINETUNE_ARM
 
 
 def build_report(config: ReportConfig) -> Report:
@@ -143,7 +143,7 @@ def build_report(config: ReportConfig) -> Report:
         ValueError: If the study cannot be found or its runs lack what the report needs.
     """
     client = MlflowClient(config.tracking_uri or None)
-    study = query.load_study(client, config.study_id, config.experiment)
+    study = query.read_study(client, config.study_id, config.experiment)
     tidy = query.tidy_table(client, study)
     parent = study.parent
     folder = Path(config.report_dir) / study.study_id
@@ -170,7 +170,7 @@ def build_report(config: ReportConfig) -> Report:
                  files["grid.png"].read_bytes(), note)
     files["report.html"] = folder / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
-    client.log_artifacts(parent.info.run_id, str(folder), "report")
+    client.log_artifacts(parent.info.run_id, str(folder), schema.REPORT_DIR)
     return report
 
 

@@ -18,18 +18,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.query import RAW_ARM, TIDY_COLUMNS
+from analysis.query import TIDY_COLUMNS
 from segft import quality
 from segft.config import StudyConfig
+from segft.schema import DATASET1, DATASET2, FINETUNE_ARM, RAW_ARM, THRESHOLD_ARM, TRAINED_ARMS
 
-DATASET1 = "dataset1"
-DATASET2 = "dataset2"
 #: Default equivalence margin of "Dataset 1 is kept": every change interval within ±this.
 FORGETTING_MARGIN = StudyConfig.forgetting_margin
 GROUP = ["arm", "n_images", "dataset"]
-THRESHOLD_ARM = "threshold"
-#: Arms that train a model on Dataset 2 images.
-TRAINED_ARMS = ("finetune", "scratch", "joint")
 CI_METHOD = "hierarchical percentile bootstrap: test images, then repeats within images (9999 resamples)"
 N_RESAMPLES = 9999
 #: What a finding says: yes, no, undecided (its interval straddles the bound), or not tested.
@@ -252,7 +248,7 @@ def _trend(ft: pd.DataFrame) -> str:
 
 
 def _size_gain(tidy: pd.DataFrame, confidence: float, random_state: int) -> dict[str, object]:
-    ft = tidy[(tidy["arm"] == "finetune") & (tidy["dataset"] == DATASET2)]
+    ft = tidy[(tidy["arm"] == FINETUNE_ARM) & (tidy["dataset"] == DATASET2)]
     sizes = sorted(ft["n_images"].unique())
     claim = "Fine-tuning: Dataset 2 Dice with the most images exceeds Dice with the fewest"
     if len(sizes) < 2:
@@ -269,8 +265,8 @@ def _size_gain(tidy: pd.DataFrame, confidence: float, random_state: int) -> dict
 
 def _forgetting(tidy: pd.DataFrame, margin: float, confidence: float, random_state: int) -> dict[str, object]:
     claim = f"Fine-tuning keeps Dataset 1: the change against the raw model lies within ±{margin:g} at every size"
-    subset = tidy[(tidy["arm"].isin([RAW_ARM, "finetune"])) & (tidy["dataset"] == DATASET1)]
-    if not (subset["arm"] == "finetune").any() or not (subset["arm"] == RAW_ARM).any():
+    subset = tidy[(tidy["arm"].isin([RAW_ARM, FINETUNE_ARM])) & (tidy["dataset"] == DATASET1)]
+    if not (subset["arm"] == FINETUNE_ARM).any() or not (subset["arm"] == RAW_ARM).any():
         return {"claim": claim, "verdict": NOT_TESTED, "evidence": "needs raw and finetune Dataset 1 Dice"}
     change = paired_change(subset, confidence, random_state)
     parts = [f"n={row.n_images}: {_fmt(row.mean_change, row.ci_low, row.ci_high)}" for row in change.itertuples()]
@@ -291,7 +287,7 @@ def degenerate_runs(tidy: pd.DataFrame) -> pd.DataFrame:
 
 def _beats_threshold(tidy: pd.DataFrame, confidence: float, random_state: int) -> dict[str, object]:
     claim = "Fine-tuning with the most images beats Otsu's threshold (no training) on Dataset 2"
-    ft = tidy[(tidy["arm"] == "finetune") & (tidy["dataset"] == DATASET2)]
+    ft = tidy[(tidy["arm"] == FINETUNE_ARM) & (tidy["dataset"] == DATASET2)]
     baseline = tidy[(tidy["arm"] == THRESHOLD_ARM) & (tidy["dataset"] == DATASET2)].set_index("image")["dice"]
     if ft.empty or baseline.empty:
         return {"claim": claim, "verdict": NOT_TESTED, "evidence": "needs finetune and threshold runs"}

@@ -86,12 +86,27 @@ def speed_table(record: dict) -> str:
         f"benchmark: {record['peak_memory']['peak_resident_mb']:,.0f} MB."])
 
 
+def repeatability(record: dict) -> str:
+    """A second run of a study against the first (the same file name without ``-again``): how far apart they are."""
+    first = json.loads((RESULTS / record["first_run"]).read_text()) if "first_run" in record else None
+    if first is None:
+        raise KeyError("a repeatability record names its first run in 'first_run'")
+    means = {(r["arm"], r["n_images"], r["dataset"]): r["mean"] for r in first["summary"]}
+    diffs = [abs(r["mean"] - means[(r["arm"], r["n_images"], r["dataset"])]) for r in record["summary"]]
+    same = sum(d == 0 for d in diffs)
+    return (f"`{record['first_run']}` and `{record['file']}` ({_machine(record)}): {same} of {len(diffs)} mean Dice "
+            f"cells identical, largest difference {max(diffs):.4f}; wall time {first['wall_s'] / 60:.1f} and "
+            f"{record['wall_s'] / 60:.1f} min.")
+
+
 RENDERERS = {"study-": study_table, "loss_choice": loss_choice_table, "speed-": speed_table}
 
 
 def render(file: str) -> str:
     """The README block of results file ``file`` (a name in ``benchmarks/results``)."""
     record = json.loads((RESULTS / file).read_text())
+    if file.endswith("-again.json"):
+        return repeatability({**record, "file": file, "first_run": file.replace("-again", "")}) + "\n"
     for prefix, renderer in RENDERERS.items():
         if file.startswith(prefix):
             return renderer(record) + "\n"

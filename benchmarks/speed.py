@@ -38,7 +38,8 @@ from segft.config import ModelConfig, PredictConfig, TrainConfig
 from segft.data.patches import grid
 from segft.inference import SlidingWindowSegmenter, window_stride
 from segft.models import build_model
-from segft.training import prepare_train_step, resolve_device
+from segft.device import resolve_device
+from segft.training import prepare_train_step
 
 #: Steps of the original protocol at batch 4: (25 + 5 + 10 + 15 + 20 images) x 10 patches / 4 x 100 epochs.
 PROTOCOL_STEPS = 18_750

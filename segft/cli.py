@@ -14,22 +14,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, RegistryConfig, ReportConfig, StudyConfig,
-                          TrainConfig, TuneConfig)
+                          TrainConfig, TuneConfig, field_default, leaf_fields)
 from segft.data.readers import DataError
 from segft.presets import preset_train_config
 
 
 def _leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type, str]]:
-    """(field, resolved type, description) of every non-dataclass field, nested dataclasses flattened."""
-    hints, docs = typing.get_type_hints(cls), attribute_docs(cls)
-    leaves = []
-    for field in dataclasses.fields(cls):
-        kind = hints[field.name]
-        if dataclasses.is_dataclass(kind):
-            leaves.extend(_leaf_fields(kind))
-        else:
-            leaves.append((field, kind, docs.get(field.name, "")))
-    return leaves
+    """(field, resolved type, description) of every leaf field (``segft.config.leaf_fields``) with its docs."""
+    docs: dict[str, str] = {}
+    for holder in _dataclasses_within(cls):
+        docs.update(attribute_docs(holder))
+    return [(item, kind, docs.get(item.name, "")) for item, kind in leaf_fields(cls)]
+
+
+def _dataclasses_within(cls: type) -> list[type]:
+    hints = typing.get_type_hints(cls)
+    nested = [hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    return [cls, *(inner for kind in nested for inner in _dataclasses_within(kind))]
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
@@ -44,10 +45,6 @@ def attribute_docs(cls: type) -> dict[str, str]:
         elif name and line.strip():
             docs[name] += " " + line.strip()
     return docs
-
-
-def _default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -88,7 +85,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, from_preset
     """
     preset_fields = {field.name for field, _, _ in _leaf_fields(from_preset)} if from_preset else set()
     for field, kind, doc in _leaf_fields(cls):
-        default = _default(field)
+        default = field_default(field)
         parse = _parser_for(kind)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if field.name in preset_fields:
@@ -204,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("base", BaseConfig, _run_base, "train the base model on Dataset 1, evaluate on both test sets"),
         ("finetune", FinetuneConfig, _run_finetune, "fine-tune a base model with n_images Dataset 2 images"),
         ("study", StudyConfig, _run_study, "the whole study: base model, every arm, size and repeat, report"),
-        ("report", ReportConfig, _run_report, "read a study back from the tracking server and build its report"),
+        ("analyze", ReportConfig, _run_report, "read a study back from the tracking server and build its report"),
         ("tune", TuneConfig, _run_tune, "tune the learning rate with Optuna on validation images, in MLflow"),
         ("predict", PredictConfig, _run_predict, "segment image files with a registered model, write mask files"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, aliases=["report"] if name == "analyze" else [])
         add_config_arguments(command, config_class, from_preset=TrainConfig if name == "study" else None)
         command.set_defaults(handler=handler)
 

@@ -1,10 +1,15 @@
-"""Dice from true-positive, false-positive and false-negative counts (as smp's ``get_stats`` and nnU-Net)."""
+"""Dice from true-positive, false-positive and false-negative counts (as smp's ``get_stats`` and nnU-Net), and the
+per-dataset metrics a run logs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+from segft import schema
+from segft.quality import foreground_ratio
 
 
 @dataclass(frozen=True)
@@ -38,3 +43,15 @@ def confusion_counts(prediction: np.ndarray, truth: np.ndarray) -> Counts:
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice of a whole image; 1.0 when both masks are empty (documented convention), 0.0 when only one is."""
     return confusion_counts(prediction, truth).dice
+
+
+def dataset_metrics(table: pd.DataFrame, part: str) -> dict[str, float]:
+    """Per dataset of a per-image table (columns dataset, dice, tp, fp, fn): the mean per-image Dice (the study's
+    per-dataset number) and the foreground ratio, predicted / true foreground pixels over the dataset's images
+    (``segft.quality``), named ``<part>_dice_<dataset>`` and ``<part>_fg_ratio_<dataset>``."""
+    metrics = {}
+    for dataset, rows in table.groupby("dataset"):
+        metrics[schema.metric_name(part, "dice", dataset)] = float(rows["dice"].mean())
+        metrics[schema.metric_name(part, "fg_ratio", dataset)] = foreground_ratio(
+            *(int(rows[c].sum()) for c in ("tp", "fp", "fn")))
+    return metrics

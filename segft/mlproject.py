@@ -8,11 +8,8 @@ come from its preset.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig)
+                          TuneConfig, field_default, leaf_fields)
 
 #: entry point -> (segft command, config class, fields that do not apply, comment)
 ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
@@ -20,7 +17,7 @@ ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
     "finetune": ("finetune", FinetuneConfig, (), "Fine-tunes a base model with n_images Dataset 2 images."),
     "study": ("study", StudyConfig, (), "The whole study; training parameters left empty take the preset's value "
               "(protocol = the original study, quick = minutes on a CPU)."),
-    "analyze": ("report", ReportConfig, (), "Reads a study back through the MLflow client; empty tracking_uri = "
+    "analyze": ("analyze", ReportConfig, (), "Reads a study back through the MLflow client; empty tracking_uri = "
                 "the one `mlflow run` uses."),
     "tune": ("tune", TuneConfig, ("lr",), "Optuna study of the learning rate on validation images (never test "
              "images); each trial draws its own lr."),
@@ -35,20 +32,6 @@ conda_env: conda.yaml
 
 entry_points:
 """
-
-
-def leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
-    """(field, resolved type) of every non-dataclass field of ``cls``, nested dataclasses flattened in order."""
-    hints = typing.get_type_hints(cls)
-    leaves = []
-    for field in dataclasses.fields(cls):
-        kind = hints[field.name]
-        leaves.extend(leaf_fields(kind) if dataclasses.is_dataclass(kind) else [(field, kind)])
-    return leaves
-
-
-def field_default(field: dataclasses.Field) -> object:
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def mlproject_default(value: object) -> object:

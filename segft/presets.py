@@ -1,11 +1,10 @@
 """Named starting points for a study's training settings; explicit parameters override them.
 
 ``protocol`` is the original study (100 epochs, batch 4, learning rate 1e-5: the dataclass defaults).
-``quick`` makes the whole built-in study (base model, 4 sizes x 3 repeats x 2 arms) finish on a 2-core CPU in
-under 5 minutes (measured) while still showing the study's main findings: batch 8, learning rate 1e-3, 5 epochs,
-and fine-tuning with the encoder frozen (smp-style, every normalization layer's statistics included). At that
-learning rate full fine-tuning forgot Dataset 1 almost entirely on the built-in data (Dice 0.99 -> 0.45 with 5
-images); with the encoder frozen Dataset 1 drops by 0.03-0.05 (see the README).
+``quick`` makes the whole built-in study finish in minutes on a 2-core CPU while still showing the study's
+findings: batch 8, learning rate 1e-3, 5 epochs, and fine-tuning with the encoder frozen (smp-style, every
+normalization layer's statistics included), because at that learning rate full fine-tuning forgot Dataset 1
+almost entirely on the built-in data. Its measured time and results are in the README ("Results").
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ the logged input example, a 64 x 64 uint8 image, shows the input's form.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import mlflow.pyfunc
@@ -32,14 +33,17 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from segft.checkpoint import InferenceSettings, load_checkpoint
+from segft import schema
+from segft.checkpoint import InferenceSettings, load_checkpoint, read_checkpoint_config
+from segft.config import PredictConfig
 from segft.data.readers import to_single_channel
 from segft.inference import SlidingWindowSegmenter, resolve_autocast
-from segft.training import resolve_device
+from segft.device import resolve_device
 
-#: ``predict`` params besides ``overlap`` (whose default is the overlap the model was evaluated with).
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_THRESHOLD = 0.5
+#: ``predict`` params besides ``overlap`` (whose default is the overlap the model was evaluated with): the same
+#: defaults as ``segft predict`` (``PredictConfig``).
+DEFAULT_BATCH_SIZE = PredictConfig.batch_size
+DEFAULT_THRESHOLD = PredictConfig.threshold
 #: Colour images have at most this many channels (RGBA); see the module docstring for the rule.
 MAX_CHANNELS = 4
 
@@ -99,9 +103,9 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         config = context.model_config or {}
-        self.device = resolve_device(str(config.get("device", "auto")))
-        self.autocast = resolve_autocast(str(config.get("autocast", "off")), self.device)
-        self.model, _, self.settings = load_checkpoint(context.artifacts["checkpoint"], self.device)
+        self.device = resolve_device(str(config.get("device", PredictConfig.device)))
+        self.autocast = resolve_autocast(str(config.get("autocast", PredictConfig.autocast)), self.device)
+        self.model, _, self.settings = load_checkpoint(context.artifacts[schema.CHECKPOINT_ARTIFACT], self.device)
         self.model.eval()
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -129,3 +133,22 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         if params.get("return_probabilities", False):
             return shape_results([segmenter.probabilities(image).astype(np.float32) for image in images])
         return shape_results([segmenter(image).astype(np.uint8) for image in images])
+
+
+def pyfunc_arguments(checkpoint_dir: Path) -> dict[str, Any]:
+    """What ``mlflow.pyfunc.log_model``/``save_model`` take to log a checkpoint as this pyfunc: models-from-code
+    (``segft/mlflow_model.py``), the checkpoint folder as artifact, the package as code, the signature, the input
+    example and a default ``model_config`` (without one MLflow ignores load-time overrides)."""
+    package_dir = Path(__file__).parent
+    _, settings = read_checkpoint_config(checkpoint_dir)
+    return {
+        "python_model": str(package_dir / "mlflow_model.py"),
+        "artifacts": {schema.CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
+        "code_paths": [str(package_dir)],
+        "signature": model_signature(settings),
+        "input_example": example_image(),
+        # load_model(model_config=...) may override these; without a default MLflow ignores the overrides
+        "model_config": {"device": PredictConfig.device, "autocast": PredictConfig.autocast},
+        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
+                             "opencv-python-headless", "pandas", "tifffile", "tqdm"],
+    }

@@ -1,16 +1,20 @@
-"""The study's two runs: base training on Dataset 1, and fine-tuning a base model with Dataset 2 images.
+"""The one run pipeline: base training, fine-tuning, every arm of a study and every tuning trial go through it.
 
-Each run: load and validate the data (before any MLflow run exists), build or load the model, train, evaluate on
-both test sets, log everything and register the model.
+It reads as its steps: ``prepare`` the data once (load and validate, split, check the fine-tuning sizes against
+the pool, digest, device) before any MLflow run exists; describe a run as a ``RunSpec``; take its starting model
+(``fresh_model``, or ``model_from_base`` after ``load_base``); ``execute`` it: train, evaluate on both test sets
+(and on validation images), log everything and register the model. Finding a base model to reuse
+(``find_base_model``) never trains one: the commands train one explicitly (``train_base``) when there is none.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -18,18 +22,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from segft import tracking
+from segft import schema, tracking
 from segft.checkpoint import InferenceSettings, load_checkpoint, save_checkpoint
 from segft.config import BaseConfig, FinetuneConfig, ModelConfig, RegistryConfig, TrainConfig
-from segft.data.imageset import ImageSet
-from segft.data.study import StudySplit, load_study, split_study
+from segft.data.imageset import ImageSet, StudyData
+from segft.data.split import StudySplit, load_data, split_study
+from segft.device import resolve_device
 from segft.inference import SlidingWindowSegmenter
+from segft.metrics import dataset_metrics
 from segft.models import build_model
 from segft.models.freezing import freeze
-from segft.training import evaluate, make_patches, resolve_device, train
-
-#: The metric a study picks its champion by: Dice on Dataset 2 pool images the run did not train on.
-VALIDATION_METRIC = "val_dice_dataset2"
+from segft.overlays import mask_png, overlay, to_grey
+from segft.pyfunc import pyfunc_arguments
+from segft.training import ImageResult, evaluate, evaluation_table, make_patches, train
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class RunResult:
 
     Attributes:
         run_id: The MLflow run.
-        model_uri: The registered model version, ``models:/<name>/<version>``.
+        model_uri: The registered model version, ``models:/<name>/<version>`` (empty for the threshold arm).
         test_metrics: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>`` of both test sets.
         val_metrics: ``val_dice_dataset2`` and ``val_fg_ratio_dataset2`` when the run had validation images.
         val_table: Per validation image: dice, tp, fp, fn and the mask's digest (``segft.quality``); None
@@ -52,48 +57,133 @@ class RunResult:
     val_table: pd.DataFrame | None = dataclasses.field(default=None, compare=False)
 
 
-def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
-    """Train a model from scratch on Dataset 1's training images and register it as the base model.
+@dataclass(frozen=True)
+class Prepared:
+    """A command's data, ready before any MLflow run exists."""
 
-    Args:
-        config: Training and registry settings.
-        new_run: Always create a new MLflow run instead of adopting the one ``mlflow run`` started.
+    data: StudyData
+    split: StudySplit
+    digest: str
+    device: torch.device
+
+
+def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
+    """Load and validate the data (``config.data_dir``, or the built-in data), split it, check that the pool
+    holds every size in ``n_images`` (the one place that does), digest it and resolve the device.
+
+    Raises:
+        DataError: For bad files or too few images, in one line naming the culprit.
+        ValueError: For an unavailable device.
     """
-    study = load_study(config.train.data_dir)
-    split = split_study(study, config.train.split)
-    return _train_base(config.train, config.registry, split, study.digest(), new_run)
+    data = load_data(config.data_dir)
+    split = split_study(data, config.split)
+    for n in n_images:
+        split.finetune_subset(n)
+    return Prepared(data, split, data.digest(), resolve_device(config.device))
 
 
-def run_finetune(config: FinetuneConfig) -> RunResult:
-    """Fine-tune a base model with the first ``n_images`` of Dataset 2's pool and register the result.
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run, as the pipeline executes it.
 
-    The base model is ``config.base_model`` or, when empty, the newest registered base model with the same
-    ``base_key``; if there is none, one is trained first, as its own run. A base model whose architecture, patch
-    size or split differs from the run's, or that trained on the run's test images, is refused
-    (``check_base_model``).
+    Attributes:
+        role: The run's ``segft.role`` tag (``base``, ``finetune``, ``scratch``, ``joint``).
+        arm: Its ``segft.arm`` tag (``raw`` for a base model).
+        config: Training settings; logged as parameters.
+        train_set: Images to train on.
+        registered_name: Registered model to add a version to.
+        n_images: Dataset 2 images trained on (0 for a base model); logged.
+        run_name: Shown in the MLflow UI.
+        params: More parameters to log (repeat, base model, base key...).
+        tags: More run tags (study id, run key, repeat...).
+        validation_set: Images, never test images, scored after training (``val_*`` metrics): a study picks its
+            champion by them.
+        nested: Start the run as a child of the active run (studies).
+        new_run: Create a new run even under ``mlflow run`` (see ``tracking.start_run``).
     """
-    train_config, registry = config.train, config.registry
-    study = load_study(train_config.data_dir)
-    split = split_study(study, train_config.split)
-    train_set = split.finetune_subset(config.n_images)
-    digest = study.digest()
-    device = resolve_device(train_config.device)
-    base_uri = resolve_base_model(config.base_model, train_config, registry, split, digest)
-    model, model_config, patch_size = load_base_model(base_uri, device)
-    check_base_model(base_uri, model_config, patch_size, train_config, split)
-    torch.manual_seed(train_config.seed)
-    return train_and_log(
-        role="finetune",
-        model=freeze(model, train_config.freeze),
-        config=dataclasses.replace(train_config, model=model_config),
-        train_set=train_set,
-        split=split,
-        digest=digest,
-        registered_name=registry.finetuned_model_name,
-        extra_params={"n_images": config.n_images, "base_model_uri": base_uri,
-                      "base_run_id": tracking.model_source_run(base_uri) or ""},
-        validation_set=left_out_of_pool(split, range(config.n_images)),
-    )
+
+    role: str
+    arm: str
+    config: TrainConfig
+    train_set: ImageSet
+    registered_name: str
+    n_images: int
+    run_name: str
+    params: dict[str, object] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    validation_set: ImageSet | None = None
+    nested: bool = False
+    new_run: bool = False
+
+
+def fresh_model(config: TrainConfig) -> nn.Module:
+    """A randomly initialised model, seeded by ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return build_model(config.model)
+
+
+def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
+    """Train ``model`` as ``spec`` says in one MLflow run, evaluate it on both test sets (and the validation
+    images), log everything and register it."""
+    config, split, device = spec.config, prepared.split, prepared.device
+    model = model.to(device)
+    patches = make_patches(spec.train_set, config.patch_size, device)
+    tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.DIGEST_TAG: prepared.digest,
+            schema.ENCODER_TAG: config.model.encoder, **spec.tags}
+    with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested) as run:
+        tracking.log_params({**tracking.flatten_config(config), "n_images": spec.n_images, **spec.params,
+                             "data_digest": prepared.digest, "data_source": spec.train_set.source,
+                             "train_patches": len(patches)})
+        validation = {"validation": list(spec.validation_set.names)} if spec.validation_set else {}
+        tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
+        train(model, patches, config, description=spec.run_name,
+              on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts))
+        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
+                                           channels_last=config.channels_last)
+        metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)], split)
+        val_metrics, val_table = {}, None
+        if spec.validation_set:
+            val_table = evaluation_table(evaluate(segmenter, spec.validation_set))
+            val_metrics = dataset_metrics(val_table, schema.VALIDATION)
+            tracking.log_validation(val_table, val_metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
+                                         Path(tmp) / "checkpoint")
+            version_tags = {**tags, "run_id": run.info.run_id, "arm": spec.arm, "n_images": str(spec.n_images),
+                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
+            model_uri = tracking.log_model(pyfunc_arguments(checkpoint), spec.registered_name, version_tags)[0]
+        tracking.set_model_uri_tag(model_uri)
+    return RunResult(run.info.run_id, model_uri, metrics, val_metrics, val_table)
+
+
+def log_test_scores(results: list[ImageResult], split: StudySplit) -> dict[str, float]:
+    """Log the test images' scores on the active run: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``, the
+    per-image table, and per image an overlay of prediction against truth and the predicted mask (0/255).
+
+    Returns:
+        The logged metrics.
+    """
+    table = evaluation_table(results)
+    metrics = dataset_metrics(table, schema.TEST)
+    test_images = split.test_images()
+    images = {}
+    for r in results:
+        image, mask = test_images[(r.dataset, r.name)]
+        images[schema.overlay_path(r.dataset, r.name)] = overlay(image, mask, r.prediction)
+        images[schema.prediction_path(r.dataset, r.name)] = mask_png(r.prediction)
+    tracking.log_evaluation(table, metrics, images)
+    return metrics
+
+
+def log_study_data(split: StudySplit) -> None:
+    """Log each test image (8-bit, for display) and its mask on the active run (a study's parent): the report
+    draws its overlay grid from these."""
+    tracking.log_images({
+        path: picture
+        for test_set in split.test_sets() for name, image, mask in zip(test_set.names, test_set.images, test_set.masks)
+        for path, picture in ((schema.study_image_path(test_set.name, name), to_grey(image)),
+                              (schema.study_mask_path(test_set.name, name), mask_png(mask)))
+    })
 
 
 def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
@@ -105,6 +195,8 @@ def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
     rest = [i for i in range(len(split.finetune_pool)) if i not in used]
     return split.finetune_pool.subset(rest) if rest else None
 
+
+# ------------------------------------------------------------------------------------------------ base models
 
 #: The training settings that, with the data, split, model and loss, define a base model (``base_key``); the
 #: others (device, step mode, layout, evaluation overlap, freezing) do not change what base training learns.
@@ -124,20 +216,59 @@ def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
     return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_base_model(
-    base_model: str, config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str
-) -> str:
-    """``base_model`` or, when empty, the newest registered base model with the same ``base_key`` (same data,
-    split, architecture, loss and training settings); if there is none, one is trained first, as its own run (no
-    MLflow run may be active).
+def base_spec(config: TrainConfig, registry: RegistryConfig, prepared: Prepared, repeat: int = 0,
+              tags: dict[str, str] | None = None, run_name: str = "base", nested: bool = False,
+              new_run: bool = False) -> RunSpec:
+    """A base-training run: Dataset 1's training images, registered under ``registry.base_model_name`` with its
+    ``base_key``."""
+    key = base_key(config, prepared.split, prepared.digest)
+    return RunSpec(role=schema.ROLE_BASE, arm=schema.RAW_ARM, config=config, train_set=prepared.split.base_train,
+                   registered_name=registry.base_model_name, n_images=0, run_name=run_name,
+                   params={"repeat": repeat, "base_key": key}, tags={**(tags or {}), schema.BASE_KEY_TAG: key},
+                   nested=nested, new_run=new_run)
 
-    Returns:
-        The base model's URI.
+
+def train_base(spec: RunSpec, prepared: Prepared) -> RunResult:
+    """Train and register a base model from random initialisation."""
+    return execute(spec, fresh_model(spec.config), prepared)
+
+
+def find_base_model(config: TrainConfig, registry: RegistryConfig, prepared: Prepared) -> str | None:
+    """The newest registered base model with the same ``base_key`` (same data, split, architecture, loss and
+    training settings), or None. Trains nothing."""
+    key = base_key(config, prepared.split, prepared.digest)
+    return tracking.find_model_version(registry.base_model_name, {schema.BASE_KEY_TAG: key})
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A downloaded base model, checked against the run that starts from it."""
+
+    uri: str
+    model: nn.Module
+    model_config: ModelConfig
+    patch_size: int
+
+
+def load_base(uri: str, config: TrainConfig, prepared: Prepared) -> BaseModel:
+    """Download a registered segft model, rebuild it on the device and check that it fits the run
+    (``check_base_model``).
+
+    Raises:
+        ValueError: If it cannot be downloaded or does not fit.
     """
-    found = base_model or tracking.find_model_version(
-        registry.base_model_name, {tracking.BASE_KEY_TAG: base_key(config, split, digest)}
-    )
-    return found or _train_base(config, registry, split, digest, new_run=True).model_uri
+    with tempfile.TemporaryDirectory() as tmp:
+        model, model_config, settings = load_checkpoint(tracking.download_checkpoint(uri, Path(tmp)), prepared.device)
+    check_base_model(uri, model_config, settings.patch_size, config, prepared.split)
+    return BaseModel(uri, model, model_config, settings.patch_size)
+
+
+def model_from_base(base: BaseModel, config: TrainConfig) -> tuple[nn.Module, TrainConfig]:
+    """A copy of the base model, frozen as ``config.freeze`` says (the original stays pristine), and the training
+    settings with the base model's architecture; the global seed is set to ``config.seed`` first."""
+    torch.manual_seed(config.seed)
+    model = freeze(copy.deepcopy(base.model), config.freeze)
+    return model, dataclasses.replace(config, model=base.model_config)
 
 
 def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, config: TrainConfig,
@@ -169,93 +300,43 @@ def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, 
                          "give the matching settings or another --base-model")
 
 
-def _train_base(
-    config: TrainConfig, registry: RegistryConfig, split: StudySplit, digest: str, new_run: bool = False,
-    nested: bool = False, extra_tags: dict[str, str] | None = None, repeat: int = 0, run_name: str = "",
-) -> RunResult:
-    torch.manual_seed(config.seed)
-    key = base_key(config, split, digest)
-    return train_and_log(
-        role="base",
-        model=build_model(config.model),
-        config=config,
-        train_set=split.base_train,
-        split=split,
-        digest=digest,
-        registered_name=registry.base_model_name,
-        extra_params={"n_images": 0, "repeat": repeat, "base_key": key},
-        new_run=new_run,
-        nested=nested,
-        extra_tags={**(extra_tags or {}), tracking.BASE_KEY_TAG: key},
-        run_name=run_name,
-    )
+# ------------------------------------------------------------------------------------------------ the commands
 
-
-def load_base_model(model_uri: str, device: torch.device) -> tuple[nn.Module, ModelConfig, int]:
-    """Download a registered segft model and rebuild it on ``device``; also return its patch size."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model, model_config, settings = load_checkpoint(tracking.download_checkpoint(model_uri, Path(tmp)), device)
-    return model, model_config, settings.patch_size
-
-
-def train_and_log(
-    role: str,
-    model: nn.Module,
-    config: TrainConfig,
-    train_set: ImageSet,
-    split: StudySplit,
-    digest: str,
-    registered_name: str,
-    extra_params: dict[str, object],
-    new_run: bool = False,
-    nested: bool = False,
-    extra_tags: dict[str, str] | None = None,
-    run_name: str = "",
-    validation_set: ImageSet | None = None,
-) -> RunResult:
-    """Train ``model`` on ``train_set`` in one MLflow run, evaluate it on both test sets, log and register it.
+def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
+    """Train a model from scratch on Dataset 1's training images and register it as the base model.
 
     Args:
-        role: ``base``, ``finetune``, ``scratch`` or ``joint``; the run's ``segft.role`` tag.
-        model: The model to train (random or loaded weights); moved to ``config.device``.
-        config: Training settings; logged as parameters.
-        train_set: Images to train on.
-        split: The study's split (its test sets are evaluated, its file names logged).
-        digest: The study data's digest.
-        registered_name: Registered model to add a version to.
-        extra_params: More parameters to log (always ``n_images``).
-        new_run: Create a new run even under ``mlflow run`` (see ``tracking.start_run``).
-        nested: Start the run as a child of the active run (studies).
-        extra_tags: More run tags (study id, arm, repeat...).
-        run_name: Shown in the MLflow UI; ``<role>`` or ``<role>-n<n_images>`` when empty.
-        validation_set: Images, never test images, to score after training: logged as ``val_dice_<name>`` (and
-            ``evaluation/val_per_image_dice.csv``) and used for model selection (a study's ``champion``).
+        config: Training and registry settings.
+        new_run: Always create a new MLflow run instead of adopting the one ``mlflow run`` started.
     """
-    device = resolve_device(config.device)
-    model = model.to(device)
-    patches = make_patches(train_set, config.patch_size, device)
-    tags = {tracking.ROLE_TAG: role, tracking.ARM_TAG: "raw" if role == "base" else role,
-            tracking.DIGEST_TAG: digest, tracking.ENCODER_TAG: config.model.encoder, **(extra_tags or {})}
-    run_name = run_name or (role if role == "base" else f"{role}-n{extra_params['n_images']}")
-    with tracking.start_run(run_name, tags, new_run=new_run, nested=nested) as run:
-        tracking.log_params({**tracking.flatten_config(config), **extra_params, "data_digest": digest,
-                             "data_source": train_set.source, "train_patches": len(patches)})
-        validation = {"validation": list(validation_set.names)} if validation_set else {}
-        tracking.log_split({**split.file_names(), "train": list(train_set.names), **validation})
-        train(model, patches, config, on_epoch=tracking.log_epoch, description=run_name)
-        segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
-                                           channels_last=config.channels_last)
-        results = [r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)]
-        metrics = tracking.log_evaluation(results, split.test_images())
-        val_metrics, val_table = {}, None
-        if validation_set:
-            val_metrics, val_table = tracking.log_validation(evaluate(segmenter, validation_set))
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
-                                         Path(tmp) / "checkpoint")
-            version_tags = {**tags, "run_id": run.info.run_id, "arm": tags[tracking.ARM_TAG],
-                            "n_images": str(extra_params["n_images"]),
-                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
-            model_uri = tracking.log_model(checkpoint, registered_name, version_tags)[0]
-        tracking.set_model_uri_tag(model_uri)
-    return RunResult(run.info.run_id, model_uri, metrics, val_metrics, val_table)
+    prepared = prepare(config.train)
+    return train_base(base_spec(config.train, config.registry, prepared, new_run=new_run), prepared)
+
+
+def base_for(base_model: str, config: TrainConfig, registry: RegistryConfig, prepared: Prepared) -> BaseModel:
+    """The base model a fine-tuning (or tuning) command starts from: ``base_model`` when given, else the newest
+    registered one with the same ``base_key``; when there is none, one is trained first, as its own run."""
+    uri = base_model or find_base_model(config, registry, prepared)
+    if not uri:
+        uri = train_base(base_spec(config, registry, prepared, new_run=True), prepared).model_uri
+    return load_base(uri, config, prepared)
+
+
+def run_finetune(config: FinetuneConfig) -> RunResult:
+    """Fine-tune a base model with the first ``n_images`` of Dataset 2's pool and register the result.
+
+    The base model is ``config.base_model`` or, when empty, the newest registered base model with the same
+    ``base_key``; if there is none, one is trained first, as its own run. A base model whose architecture, patch
+    size or split differs from the run's, or that trained on the run's test images, is refused
+    (``check_base_model``).
+    """
+    prepared = prepare(config.train, [config.n_images])
+    base = base_for(config.base_model, config.train, config.registry, prepared)
+    model, train_config = model_from_base(base, config.train)
+    spec = RunSpec(role=schema.ROLE_FINETUNE, arm=schema.FINETUNE_ARM, config=train_config,
+                   train_set=prepared.split.finetune_subset(config.n_images),
+                   registered_name=config.registry.finetuned_model_name, n_images=config.n_images,
+                   run_name=f"finetune-n{config.n_images}",
+                   params={"base_model_uri": base.uri, "base_run_id": tracking.model_source_run(base.uri) or ""},
+                   validation_set=left_out_of_pool(prepared.split, range(config.n_images)))
+    return execute(spec, model, prepared)

@@ -12,7 +12,6 @@ finished runs' metrics; the newest study to finish owns the aliases.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -20,18 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segft import quality, tracking
-from segft.config import ModelConfig, StudyConfig, TrainConfig
-from segft.data.study import StudySplit, load_study, split_study
-from segft.models import build_model
-from segft.models.freezing import freeze
-from segft.runs import VALIDATION_METRIC, RunResult, _train_base, left_out_of_pool, load_base_model, train_and_log
+from segft import quality, schema, tracking
+from segft.config import StudyConfig, TrainConfig
+from segft.runs import (BaseModel, Prepared, RunResult, RunSpec, base_spec, execute, fresh_model, left_out_of_pool,
+                        load_base, log_study_data, log_test_scores, model_from_base, prepare, train_base)
 from segft.threshold import ThresholdSegmenter, choose_polarity
-from segft.training import evaluate, resolve_device
+from segft.training import evaluate
 
 
 @dataclass(frozen=True)
@@ -68,15 +64,11 @@ def draw_pool_indices(pool_size: int, sizes: tuple[int, ...], repeat: int, seed:
     return {n: tuple(sorted(int(i) for i in order[:n])) for n in sizes}
 
 
-#: The arm that trains nothing; it runs once per study, not per size and repeat.
-THRESHOLD_ARM = "threshold"
-
-
 def plan_runs(config: StudyConfig, pool_size: int) -> list[PlannedRun]:
     """Every trained child run of the study (not the base model, not ``threshold``), in execution order
     (repeat, size, arm)."""
     plan = []
-    trained = [arm for arm in config.arms if arm != THRESHOLD_ARM]
+    trained = [arm for arm in config.arms if arm != schema.THRESHOLD_ARM]
     for repeat in range(config.repeats):
         subsets = draw_pool_indices(pool_size, config.sizes, repeat, config.train.seed, config.resample)
         for n in sorted(config.sizes):
@@ -84,9 +76,6 @@ def plan_runs(config: StudyConfig, pool_size: int) -> list[PlannedRun]:
     return plan
 
 
-#: Registry aliases a study sets: its recommended fine-tuned version, and the base model version it used.
-CHAMPION_ALIAS = "champion"
-BASE_ALIAS = "base"
 
 
 @dataclass(frozen=True)
@@ -124,9 +113,9 @@ def flag_candidates(plan: list[PlannedRun], results: dict[str, RunResult]) -> di
     tables = []
     for p in plan:
         table = results[p.key].val_table
-        if p.arm == "finetune" and table is None and results[p.key].val_metrics:  # a resumed run: read it back
+        if p.arm == schema.FINETUNE_ARM and table is None and results[p.key].val_metrics:  # a resumed run: read it back
             table = tracking.read_validation_table(results[p.key].run_id)
-        if p.arm == "finetune" and table is not None:
+        if p.arm == schema.FINETUNE_ARM and table is not None:
             tables.append(table.assign(run_id=p.key, arm=p.arm, n_images=p.n_images, repeat=p.repeat))
     if not tables:
         return {}
@@ -149,40 +138,34 @@ class StudyResult:
 def run_study(config: StudyConfig) -> StudyResult:
     """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts."""
     train = config.train
-    study = load_study(train.data_dir)
-    split = split_study(study, train.split)
-    for n in config.sizes:
-        split.finetune_subset(n)
-    digest = study.digest()
-    sid = study_id(config, digest)
-    device = resolve_device(train.device)
-    plan = plan_runs(config, len(split.finetune_pool))
+    prepared = prepare(train, config.sizes)
+    sid = study_id(config, prepared.digest)
+    plan = plan_runs(config, len(prepared.split.finetune_pool))
     finished = {key: _as_result(run) for key, run in tracking.finished_study_runs(sid).items()}
-    parent_tags = {tracking.ROLE_TAG: "study", tracking.STUDY_TAG: sid, tracking.DIGEST_TAG: digest}
+    parent_tags = {schema.ROLE_TAG: schema.ROLE_STUDY, schema.STUDY_TAG: sid, schema.DIGEST_TAG: prepared.digest}
     results: dict[str, RunResult] = {}
-    with tracking.start_run(f"study-{sid}", parent_tags, run_id=tracking.find_study_parent(sid)) as parent:
-        tracking.log_params({**tracking.flatten_config(config), "data_digest": digest, "study_id": sid})
-        tracking.log_study_data(split)
-        child_tags = {tracking.STUDY_TAG: sid}
+    with tracking.start_run(f"study-{sid}", parent_tags, run_id=tracking.study_parent_to_resume(sid)) as parent:
+        tracking.log_params({**tracking.flatten_config(config), "data_digest": prepared.digest, "study_id": sid})
+        log_study_data(prepared.split)
+        child_tags = {schema.STUDY_TAG: sid}
         for repeat in base_repeats(config):  # the raw arm: one base model per repeat, or one for all
             key = base_run_key(repeat)
-            results[key] = finished.get(key) or _train_base(
-                dataclasses.replace(train, seed=train.seed + repeat), config.registry, split, digest, nested=True,
-                extra_tags={**child_tags, tracking.RUN_KEY_TAG: key, tracking.ARM_TAG: "raw",
-                            tracking.REPEAT_TAG: str(repeat)},
-                repeat=repeat, run_name=f"base-r{repeat}")
-        if THRESHOLD_ARM in config.arms:
-            results[THRESHOLD_ARM] = finished.get(THRESHOLD_ARM) or _run_threshold(split, digest, child_tags)
-        base, base_of_repeat = None, None
+            spec = base_spec(dataclasses.replace(train, seed=train.seed + repeat), config.registry, prepared,
+                             repeat=repeat, run_name=f"base-r{repeat}", nested=True,
+                             tags={**child_tags, schema.RUN_KEY_TAG: key, schema.REPEAT_TAG: str(repeat)})
+            results[key] = finished.get(key) or train_base(spec, prepared)
+        if schema.THRESHOLD_ARM in config.arms:
+            results[schema.THRESHOLD_ARM] = (finished.get(schema.THRESHOLD_ARM)
+                                             or _run_threshold(prepared, child_tags))
+        base = None
         for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
             if planned.key in finished:
                 results[planned.key] = finished[planned.key]
                 continue
             base_uri = results[base_run_key(planned.repeat if config.base_per_repeat else 0)].model_uri
-            if planned.arm != "scratch" and base_of_repeat != base_uri:  # downloaded once, copied for each arm
-                base, base_of_repeat = load_base_model(base_uri, device)[:2], base_uri
-            results[planned.key] = _run_arm(planned, config, split, digest, base_uri, base,
-                                            {**child_tags, tracking.RUN_KEY_TAG: planned.key})
+            if planned.arm != schema.SCRATCH_ARM and (base is None or base.uri != base_uri):  # downloaded once
+                base = load_base(base_uri, train, prepared)
+            results[planned.key] = execute(*_arm_run(planned, config, prepared, base, child_tags), prepared)
         champion = _set_aliases(config, plan, results)
     reused = tuple(key for key in results if key in finished)
     return StudyResult(sid, parent.info.run_id, results, reused, champion.model_uri if champion else None)
@@ -203,13 +186,13 @@ def _set_aliases(config: StudyConfig, plan: list[PlannedRun], results: dict[str,
     0's without a champion); tag the parent."""
     flags = flag_candidates(plan, results)
     candidates = [Candidate(p.key, results[p.key].model_uri, p.n_images, p.repeat,
-                            results[p.key].val_metrics.get(VALIDATION_METRIC), flags.get(p.key, ""))
-                  for p in plan if p.arm == "finetune"]
+                            results[p.key].val_metrics.get(schema.VALIDATION_METRIC), flags.get(p.key, ""))
+                  for p in plan if p.arm == schema.FINETUNE_ARM]
     champion = choose_champion(candidates)
     base_repeat = champion.repeat if champion and config.base_per_repeat else 0
-    tracking.set_model_alias(results[base_run_key(base_repeat)].model_uri, BASE_ALIAS)
+    tracking.set_model_alias(results[base_run_key(base_repeat)].model_uri, schema.BASE_ALIAS)
     if champion:
-        tracking.set_model_alias(champion.model_uri, CHAMPION_ALIAS)
+        tracking.set_model_alias(champion.model_uri, schema.CHAMPION_ALIAS)
         tracking.set_champion_tag(champion.model_uri)
     return champion
 
@@ -218,65 +201,65 @@ def _as_result(run) -> RunResult:
     metrics = run.data.metrics
     return RunResult(
         run_id=run.info.run_id,
-        model_uri=run.data.tags.get(tracking.MODEL_URI_TAG, ""),  # the threshold arm has no model
+        model_uri=run.data.tags.get(schema.MODEL_URI_TAG, ""),  # the threshold arm has no model
         test_metrics={name: value for name, value in metrics.items() if name.startswith("test_")},
         val_metrics={name: value for name, value in metrics.items() if name.startswith("val_")},
     )
 
 
-def _run_threshold(split: StudySplit, digest: str, tags: dict[str, str]) -> RunResult:
+def _run_threshold(prepared: Prepared, study_tags: dict[str, str]) -> RunResult:
     """The ``threshold`` arm: Otsu per test image, its polarity chosen per dataset on training or pool images
     (``segft.threshold``); logged like a trained run's evaluation, with no model."""
+    split = prepared.split
     chosen_on = {split.test_dataset1.name: ("dataset1_train", split.base_train),
                  split.test_dataset2.name: ("dataset2_pool", split.finetune_pool)}
     polarities = {name: choose_polarity(images) for name, (_, images) in chosen_on.items()}
-    tags = {**tags, tracking.ROLE_TAG: THRESHOLD_ARM, tracking.ARM_TAG: THRESHOLD_ARM, tracking.DIGEST_TAG: digest,
-            tracking.RUN_KEY_TAG: THRESHOLD_ARM}
-    with tracking.start_run(THRESHOLD_ARM, tags, nested=True) as run:
-        tracking.log_params({"arm": THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": digest,
+    tags = {**study_tags, schema.ROLE_TAG: schema.THRESHOLD_ARM, schema.ARM_TAG: schema.THRESHOLD_ARM,
+            schema.DIGEST_TAG: prepared.digest, schema.RUN_KEY_TAG: schema.THRESHOLD_ARM}
+    with tracking.start_run(schema.THRESHOLD_ARM, tags, nested=True) as run:
+        tracking.log_params({"arm": schema.THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": prepared.digest,
                              **{f"threshold_polarity_{name}": p for name, p in polarities.items()},
                              **{f"threshold_polarity_chosen_on_{name}": part for name, (part, _) in chosen_on.items()}})
         results = [r for test_set in split.test_sets()
                    for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
-        metrics = tracking.log_evaluation(results, split.test_images())
+        metrics = log_test_scores(results, split)
     return RunResult(run.info.run_id, "", metrics)
 
 
-def _run_arm(
-    planned: PlannedRun, config: StudyConfig, split: StudySplit, digest: str, base_uri: str,
-    base: tuple[nn.Module, ModelConfig] | None, tags: dict[str, str],
-) -> RunResult:
+def _arm_run(planned: PlannedRun, config: StudyConfig, prepared: Prepared, base: BaseModel | None,
+             study_tags: dict[str, str]) -> tuple[RunSpec, nn.Module]:
+    """The run spec and starting model of one planned run: the repeat's seed; random weights (``scratch``) or a
+    frozen copy of the base model; the Dataset 2 images, with Dataset 1's training images for ``joint``."""
+    split = prepared.split
     train_config: TrainConfig = dataclasses.replace(config.train, seed=config.train.seed + planned.repeat)
     dataset2_images = split.finetune_pool.subset(planned.pool_indices)
-    torch.manual_seed(train_config.seed)
-    if planned.arm == "scratch":
-        model = build_model(train_config.model)
+    if planned.arm == schema.SCRATCH_ARM:
+        model = fresh_model(train_config)
     else:
-        model, model_config = copy.deepcopy(base[0]), base[1]  # copy before freezing: the original stays pristine
-        model = freeze(model, train_config.freeze)
-        train_config = dataclasses.replace(train_config, model=model_config)
+        model, train_config = model_from_base(base, train_config)
     train_set = dataset2_images
-    if planned.arm == "joint":
+    if planned.arm == schema.JOINT_ARM:
         train_set = dataclasses.replace(
             dataset2_images,
-            name="joint",
-            names=tuple(f"dataset1/{n}" for n in split.base_train.names)
-            + tuple(f"dataset2/{n}" for n in dataset2_images.names),
+            name=schema.JOINT_ARM,
+            names=tuple(f"{schema.DATASET1}/{n}" for n in split.base_train.names)
+            + tuple(f"{schema.DATASET2}/{n}" for n in dataset2_images.names),
             images=split.base_train.images + dataset2_images.images,
             masks=split.base_train.masks + dataset2_images.masks,
         )
-    return train_and_log(
+    spec = RunSpec(
         role=planned.arm,
-        model=model,
+        arm=planned.arm,
         config=train_config,
         train_set=train_set,
-        split=split,
-        digest=digest,
         registered_name=config.registry.finetuned_model_name,
-        extra_params={"n_images": planned.n_images, "repeat": planned.repeat, "arm": planned.arm,
-                      "base_model_uri": "" if planned.arm == "scratch" else base_uri},
-        nested=True,
-        extra_tags={**tags, tracking.ARM_TAG: planned.arm, tracking.REPEAT_TAG: str(planned.repeat)},
+        n_images=planned.n_images,
         run_name=f"{planned.arm}-n{planned.n_images}-r{planned.repeat}",
-        validation_set=left_out_of_pool(split, planned.pool_indices) if planned.arm == "finetune" else None,
+        params={"repeat": planned.repeat, "arm": planned.arm,
+                "base_model_uri": "" if planned.arm == schema.SCRATCH_ARM else base.uri},
+        tags={**study_tags, schema.RUN_KEY_TAG: planned.key, schema.REPEAT_TAG: str(planned.repeat)},
+        validation_set=(left_out_of_pool(split, planned.pool_indices) if planned.arm == schema.FINETUNE_ARM
+                        else None),
+        nested=True,
     )
+    return spec, model

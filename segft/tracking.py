@@ -1,5 +1,9 @@
 """The only module that talks to MLflow: runs, parameters, metrics, artifacts, logged and registered models.
 
+A leaf among segft's modules: it takes plain data and files (tables, rendered images, a checkpoint folder, the
+pyfunc's logging arguments) and imports nothing of segft but the names in ``segft.schema``, so it knows no
+training or model code.
+
 The tracking URI is MLflow's own: ``MLFLOW_TRACKING_URI`` when set, else MLflow 3's default
 ``sqlite:///mlflow.db`` in the working directory.
 """
@@ -19,31 +23,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_RUN_ID
 
-import segft
-from segft.checkpoint import read_checkpoint_config
-from segft.overlays import mask_png, overlay, to_grey
-from segft.pyfunc import example_image, model_signature
-from segft.quality import foreground_ratio, prediction_digest
-from segft.training import EpochLog, ImageResult
+from segft import schema
 
-ROLE_TAG = "segft.role"
-#: Digest of everything that defines a base model (``segft.runs.base_key``): reuse only under the same key.
-BASE_KEY_TAG = "segft.base_key"
-DIGEST_TAG = "segft.data_digest"
-ENCODER_TAG = "segft.encoder"
-MODEL_URI_TAG = "segft.model_uri"
-STUDY_TAG = "segft.study_id"
-RUN_KEY_TAG = "segft.run_key"
-ARM_TAG = "segft.arm"
-REPEAT_TAG = "segft.repeat"
-CHAMPION_TAG = "segft.champion"
-TUNING_STUDY_TAG = "segft.tuning_study"
-TRIAL_NUMBER_TAG = "segft.trial_number"
-#: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
-TRIAL_STATE_TAG = "segft.trial_state"
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
-VALIDATION_CSV = "evaluation/val_per_image_dice.csv"
 
 
 def flatten_config(config: object) -> dict[str, object]:
@@ -104,94 +87,46 @@ def log_params(params: dict[str, object]) -> None:
 def log_split(split_names: dict[str, list[str]]) -> None:
     """Log the exact file names in each part of the split as params and as ``split.json``."""
     log_params({f"split_{part}": ",".join(names) for part, names in split_names.items()})
-    mlflow.log_dict(split_names, "split.json")
+    mlflow.log_dict(split_names, schema.SPLIT_JSON)
 
 
-def log_epoch(log: EpochLog) -> None:
+def log_epoch(epoch: int, loss: float, branch_counts: dict[str, int]) -> None:
     """Per-epoch training loss and how many patches took each dynamic-loss branch."""
-    metrics = {"train_loss": log.loss}
-    metrics.update({f"loss_branch_{name}": count for name, count in log.branch_counts.items()})
-    mlflow.log_metrics(metrics, step=log.epoch)
+    metrics = {"train_loss": loss, **{f"loss_branch_{name}": count for name, count in branch_counts.items()}}
+    mlflow.log_metrics(metrics, step=epoch)
 
 
-def evaluation_table(results: list[ImageResult]) -> pd.DataFrame:
-    """One row per scored image: dataset, image, dice, tp, fp, fn and the predicted mask's digest."""
-    return pd.DataFrame(
-        [
-            {"dataset": r.dataset, "image": r.name, "dice": r.dice, "tp": r.counts.tp, "fp": r.counts.fp,
-             "fn": r.counts.fn, "prediction_digest": prediction_digest(r.prediction)}
-            for r in results
-        ]
-    )
+def log_images(images: dict[str, np.ndarray]) -> None:
+    """Log rendered images (RGB or grey uint8 arrays) by artifact path."""
+    for path, image in images.items():
+        mlflow.log_image(image, path)
 
 
-def _per_dataset_metrics(table: pd.DataFrame, prefix: str) -> dict[str, float]:
-    """``<prefix>dice_<dataset>`` (mean per-image Dice) and ``<prefix>fg_ratio_<dataset>`` (predicted / true
-    foreground pixels over the dataset's images; see ``segft.quality``)."""
-    metrics = {}
-    for dataset, part in table.groupby("dataset"):
-        metrics[f"{prefix}dice_{dataset}"] = float(part["dice"].mean())
-        metrics[f"{prefix}fg_ratio_{dataset}"] = foreground_ratio(*(int(part[c].sum()) for c in ("tp", "fp", "fn")))
-    return metrics
-
-
-def log_evaluation(results: list[ImageResult], images: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Log ``test_dice_<dataset>`` metrics, ``evaluation/per_image_dice.csv``, and per test image an overlay PNG
-    (``overlays/<dataset>/<image>.png``) and the predicted mask (``predictions/<dataset>/<image>.png``, 0/255).
-
-    Args:
-        results: Predictions of every test image.
-        images: ``(dataset, name) -> (image, mask)`` for the overlays.
-
-    Returns:
-        The logged per-dataset metrics: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``.
-    """
-    table = evaluation_table(results)
-    metrics = _per_dataset_metrics(table, "test_")
+def log_evaluation(table: pd.DataFrame, metrics: dict[str, float], images: dict[str, np.ndarray]) -> None:
+    """Log a run's test scores: the metrics, the per-image table as ``evaluation/per_image_dice.csv`` and the
+    rendered overlays and predicted masks by artifact path."""
     mlflow.log_metrics(metrics)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
-    mlflow.log_text(buffer.getvalue(), "evaluation/per_image_dice.csv")
-    for result in results:
-        image, mask = images[(result.dataset, result.name)]
-        mlflow.log_image(overlay(image, mask, result.prediction), f"overlays/{result.dataset}/{result.name}.png")
-        mlflow.log_image(mask_png(result.prediction), f"predictions/{result.dataset}/{result.name}.png")
-    return metrics
+    mlflow.log_text(buffer.getvalue(), schema.EVALUATION_CSV)
+    log_images(images)
 
 
-def _pyfunc_arguments(checkpoint_dir: Path) -> dict[str, object]:
-    """The whole-image pyfunc of a checkpoint, as MLflow's ``log_model``/``save_model`` take it: models-from-code,
-    the checkpoint folder as artifact, and the signature and input example of ``segft.pyfunc``."""
-    package_dir = Path(segft.__file__).parent
-    _, settings = read_checkpoint_config(checkpoint_dir)
-    return {
-        "python_model": str(package_dir / "mlflow_model.py"),
-        "artifacts": {"checkpoint": str(checkpoint_dir)},
-        "code_paths": [str(package_dir)],
-        "signature": model_signature(settings),
-        "input_example": example_image(),
-        "model_config": {"device": "auto", "autocast": "off"},  # load_model(model_config=...) may override these
-        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
-                             "opencv-python-headless", "pandas", "tifffile", "tqdm"],
-    }
-
-
-def save_model(checkpoint_dir: Path, path: Path) -> Path:
-    """Write the checkpoint's whole-image pyfunc to a local folder, no tracking store involved (for example to
-    copy it elsewhere); ``mlflow.pyfunc.load_model(str(path))`` loads it. Returns ``path``."""
-    mlflow.pyfunc.save_model(str(path), **_pyfunc_arguments(checkpoint_dir))
+def save_model(pyfunc_arguments: dict[str, object], path: Path) -> Path:
+    """Write a pyfunc (``segft.pyfunc.pyfunc_arguments``) to a local folder, no tracking store involved;
+    ``mlflow.pyfunc.load_model(str(path))`` loads it. Returns ``path``."""
+    mlflow.pyfunc.save_model(str(path), **pyfunc_arguments)
     return Path(path)
 
 
-def log_model(checkpoint_dir: Path, registered_name: str, version_tags: dict[str, str]) -> tuple[str, str]:
-    """Log the checkpoint as a whole-image pyfunc (see ``segft.pyfunc`` for its input, output, signature and
-    example) and register it.
+def log_model(pyfunc_arguments: dict[str, object], registered_name: str, version_tags: dict[str, str]) -> tuple[str, str]:
+    """Log a pyfunc (``segft.pyfunc.pyfunc_arguments``: code, checkpoint artifact, signature, input example) on
+    the active run and register it, tagging the new version.
 
     Returns:
         The registered model URI (``models:/<name>/<version>``) and the version.
     """
-    info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name,
-                                   **_pyfunc_arguments(checkpoint_dir))
+    info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **pyfunc_arguments)
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in version_tags.items():
@@ -224,21 +159,17 @@ def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> ml
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
 
 
-def log_validation(results: list[ImageResult]) -> tuple[dict[str, float], pd.DataFrame]:
-    """Log ``val_dice_<dataset>`` (mean per-image Dice on validation images, never test images),
-    ``val_fg_ratio_<dataset>`` and ``evaluation/val_per_image_dice.csv``; return the metrics and the table."""
-    table = evaluation_table(results)
-    metrics = _per_dataset_metrics(table, "val_")
+def log_validation(table: pd.DataFrame, metrics: dict[str, float]) -> None:
+    """Log validation scores (never test images): the metrics and ``evaluation/val_per_image_dice.csv``."""
     mlflow.log_metrics(metrics)
-    mlflow.log_text(table.to_csv(index=False), VALIDATION_CSV)
-    return metrics, table
+    mlflow.log_text(table.to_csv(index=False), schema.VALIDATION_CSV)
 
 
 def read_validation_table(run_id: str) -> pd.DataFrame | None:
     """A run's ``evaluation/val_per_image_dice.csv``, or None when it had no validation images."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_CSV, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=schema.VALIDATION_CSV, dst_path=tmp)
         except (mlflow.exceptions.MlflowException, OSError):
             return None
         return pd.read_csv(local, dtype={"dataset": str, "image": str, "prediction_digest": str})
@@ -246,12 +177,12 @@ def read_validation_table(run_id: str) -> pd.DataFrame | None:
 
 def set_champion_tag(model_uri: str) -> None:
     """Record on the active run (a study's parent) the model version it recommends (tag ``segft.champion``)."""
-    mlflow.set_tag(CHAMPION_TAG, model_uri)
+    mlflow.set_tag(schema.CHAMPION_TAG, model_uri)
 
 
 def set_model_uri_tag(model_uri: str) -> None:
     """Record the registered model of the active run, so a resumed study can reuse it without retraining."""
-    mlflow.set_tag(MODEL_URI_TAG, model_uri)
+    mlflow.set_tag(schema.MODEL_URI_TAG, model_uri)
 
 
 def find_model_version(name: str, tags: dict[str, str]) -> str | None:
@@ -268,36 +199,36 @@ def find_model_version(name: str, tags: dict[str, str]) -> str | None:
     return f"models:/{name}/{newest.version}"
 
 
-def _search_all(filter_string: str, order_by: list[str] | None = None) -> list[mlflow.entities.Run]:
+def _search_all(filter_string: str) -> list[mlflow.entities.Run]:
+    """Every run of every experiment matching ``filter_string``, newest first, following MLflow's pages."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, filter_string, order_by=order_by or ["attributes.start_time DESC"])
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiments, filter_string, order_by=["attributes.start_time DESC"],
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def finished_study_runs(study_id: str) -> dict[str, mlflow.entities.Run]:
     """The study's child runs that finished, by their ``segft.run_key`` (newest wins)."""
-    runs = _search_all(f"tags.`{STUDY_TAG}` = '{study_id}' and attributes.status = 'FINISHED'")
+    runs = _search_all(f"tags.`{schema.STUDY_TAG}` = '{study_id}' and attributes.status = 'FINISHED'")
     found: dict[str, mlflow.entities.Run] = {}
     for run in runs:
-        key = run.data.tags.get(RUN_KEY_TAG)
-        if key and key not in found and (MODEL_URI_TAG in run.data.tags or run.data.tags.get(ARM_TAG) == "threshold"):
+        tags = run.data.tags
+        key = tags.get(schema.RUN_KEY_TAG)
+        if key and key not in found and (schema.MODEL_URI_TAG in tags or tags.get(schema.ARM_TAG) == schema.THRESHOLD_ARM):
             found[key] = run
     return found
 
 
-def find_study_parent(study_id: str) -> str | None:
+def study_parent_to_resume(study_id: str) -> str | None:
     """The parent run of an earlier start of the same study, to resume under it; None if there is none."""
-    runs = _search_all(f"tags.`{STUDY_TAG}` = '{study_id}' and tags.`{ROLE_TAG}` = 'study'")
+    runs = _search_all(f"tags.`{schema.STUDY_TAG}` = '{study_id}' and tags.`{schema.ROLE_TAG}` = '{schema.ROLE_STUDY}'")
     return runs[0].info.run_id if runs else None
-
-
-def log_study_data(split) -> None:
-    """Log each test image (8-bit, for display) and its mask on the study's parent run, under
-    ``test_data/<dataset>/{images,masks}/<image>.png``: the report draws its overlay grid from these."""
-    for test_set in split.test_sets():
-        for name, image, mask in zip(test_set.names, test_set.images, test_set.masks):
-            mlflow.log_image(to_grey(image), f"test_data/{test_set.name}/images/{name}.png")
-            mlflow.log_image(mask_png(mask), f"test_data/{test_set.name}/masks/{name}.png")
 
 
 def download_checkpoint(model_uri: str, destination: Path) -> Path:
@@ -310,7 +241,7 @@ def download_checkpoint(model_uri: str, destination: Path) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"cannot download model {model_uri!r}: {error.message}") from error
-    checkpoint = local / "artifacts" / "checkpoint"
+    checkpoint = local / "artifacts" / schema.CHECKPOINT_ARTIFACT
     if not checkpoint.is_dir():
         raise ValueError(f"model {model_uri!r} is not a segft model (no artifacts/checkpoint folder)")
     return checkpoint
@@ -329,7 +260,7 @@ def model_training_images(model_uri: str) -> list[str]:
     if not run_id:
         return []
     try:
-        return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/split.json").get("train", []))
+        return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{schema.SPLIT_JSON}").get("train", []))
     except (mlflow.exceptions.MlflowException, OSError, ValueError):
         return []
 
@@ -377,5 +308,5 @@ def log_figures(figures: dict[str, object]) -> None:
 
 def find_tuning_parent(study_name: str) -> str | None:
     """The parent run of an earlier start of tuning study ``study_name``, to resume under it; None if none."""
-    runs = _search_all(f"tags.`{TUNING_STUDY_TAG}` = '{study_name}' and tags.`{ROLE_TAG}` = 'tune'")
+    runs = _search_all(f"tags.`{schema.TUNING_STUDY_TAG}` = '{study_name}' and tags.`{schema.ROLE_TAG}` = '{schema.ROLE_TUNE}'")
     return runs[0].info.run_id if runs else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from segft.data.patches import extract_patches
 from segft.inference import SlidingWindowSegmenter, resolve_autocast
 from segft.losses import BRANCHES, DynamicLoss
 from segft.metrics import Counts, confusion_counts
+from segft.quality import prediction_digest
 from segft.train_step import StepFn, make_optimizer, make_train_step, resolve_step_mode
 
 
@@ -168,20 +170,18 @@ def evaluate(segmenter: Callable[[np.ndarray], np.ndarray], image_set: ImageSet)
     return results
 
 
+def evaluation_table(results: list[ImageResult]) -> pd.DataFrame:
+    """One row per scored image: dataset, image, dice, tp, fp, fn and the predicted mask's digest
+    (``segft.quality.prediction_digest``)."""
+    return pd.DataFrame(
+        [
+            {"dataset": r.dataset, "image": r.name, "dice": r.dice, "tp": r.counts.tp, "fp": r.counts.fp,
+             "fn": r.counts.fn, "prediction_digest": prediction_digest(r.prediction)}
+            for r in results
+        ]
+    )
+
+
 def mean_dice(results: list[ImageResult]) -> float:
     """Mean of the per-image Dice scores (the study's per-dataset number)."""
     return float(np.mean([r.dice for r in results]))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
-
-    Raises:
-        ValueError: If a CUDA device is requested on a machine without one.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
-    return device

@@ -17,7 +17,6 @@ parent run per study (resumed by every later call) and a nested run per trial; p
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -27,15 +26,13 @@ import optuna
 import torch
 from torch import nn
 
-from segft import tracking
+from segft import schema, tracking
 from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, TuneConfig
 from segft.data.imageset import ImageSet
-from segft.data.study import StudySplit, load_study, split_study
+from segft.data.split import StudySplit
 from segft.inference import SlidingWindowSegmenter
-from segft.models import build_model
-from segft.models.freezing import freeze
-from segft.runs import RunResult, check_base_model, load_base_model, resolve_base_model, run_base, run_finetune
-from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, resolve_device, train
+from segft.runs import BaseModel, RunResult, base_for, fresh_model, model_from_base, prepare, run_base, run_finetune
+from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, train
 
 #: Share of Dataset 1's training images held out to validate base-training trials (at least one image).
 VALIDATION_FRACTION = 0.2
@@ -68,7 +65,7 @@ def default_storage(tracking_uri: str) -> str:
 
 def default_study_name(target: str, n_images: int, data_digest: str) -> str:
     """``segft-tune-finetune-n5-<digest>`` or ``segft-tune-base-<digest>``."""
-    size = f"-n{n_images}" if target == "finetune" else ""
+    size = f"-n{n_images}" if target == schema.ROLE_FINETUNE else ""
     return f"segft-tune-{target}{size}-{data_digest}"
 
 
@@ -85,7 +82,7 @@ def tuning_sets(split: StudySplit, target: str, n_images: int) -> tuple[ImageSet
     Raises:
         ValueError: If no validation image would be left.
     """
-    if target == "finetune":
+    if target == schema.ROLE_FINETUNE:
         pool = split.finetune_pool
         if n_images >= len(pool):
             raise ValueError(
@@ -155,35 +152,37 @@ class _Trials:
     validation: ImageSet
     patches: Patches
     device: torch.device
-    base_uri: str
-    base_model: nn.Module | None
+    base: BaseModel | None
     model_config: ModelConfig
+
+    @property
+    def base_uri(self) -> str:
+        return self.base.uri if self.base else ""
 
     def start_model(self, train_config: TrainConfig) -> nn.Module:
         """A fresh copy of the base model (``finetune``, frozen as configured) or a random one (``base``)."""
-        torch.manual_seed(train_config.seed)
-        if self.base_model is None:
-            return build_model(train_config.model).to(self.device)
-        return freeze(copy.deepcopy(self.base_model), train_config.freeze)
+        if self.base is None:
+            return fresh_model(train_config).to(self.device)
+        return model_from_base(self.base, train_config)[0]
 
     def objective(self, trial: optuna.Trial) -> float:
         """Train with the trial's learning rate in a nested MLflow run; the validation Dice after the last epoch."""
         lr = trial.suggest_float("lr", self.config.lr_min, self.config.lr_max, log=True)
         train_config = dataclasses.replace(self.config.train, lr=lr, model=self.model_config)
-        tags = {tracking.ROLE_TAG: "tune_trial", tracking.TUNING_STUDY_TAG: self.study_name,
-                tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.TRIAL_STATE_TAG: "RUNNING",
-                tracking.DIGEST_TAG: self.digest, tracking.ENCODER_TAG: self.model_config.encoder}
+        tags = {schema.ROLE_TAG: schema.ROLE_TUNE_TRIAL, schema.TUNING_STUDY_TAG: self.study_name,
+                schema.TRIAL_NUMBER_TAG: str(trial.number), schema.TRIAL_STATE_TAG: "RUNNING",
+                schema.DIGEST_TAG: self.digest, schema.ENCODER_TAG: self.model_config.encoder}
         with tracking.start_run(f"trial-{trial.number}", tags, nested=True) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 value = self._train(trial, train_config)
             except optuna.TrialPruned:
-                tracking.end_run("KILLED", {tracking.TRIAL_STATE_TAG: "PRUNED"})
+                tracking.end_run("KILLED", {schema.TRIAL_STATE_TAG: "PRUNED"})
                 raise
             except BaseException:  # Ctrl-C included: Optuna records the trial as FAIL too
-                tracking.set_tags({tracking.TRIAL_STATE_TAG: "FAIL"})
+                tracking.set_tags({schema.TRIAL_STATE_TAG: "FAIL"})
                 raise
-            tracking.set_tags({tracking.TRIAL_STATE_TAG: "COMPLETE"})
+            tracking.set_tags({schema.TRIAL_STATE_TAG: "COMPLETE"})
         return value
 
     def _train(self, trial: optuna.Trial, config: TrainConfig) -> float:
@@ -200,7 +199,7 @@ class _Trials:
 
     @property
     def n_images(self) -> int:
-        return self.config.n_images if self.config.target == "finetune" else 0
+        return self.config.n_images if self.config.target == schema.ROLE_FINETUNE else 0
 
     def _reporter(self, trial: optuna.Trial, model: nn.Module, config: TrainConfig, scores: list[float]):
         """The training loop's ``on_epoch``: log the epoch; every ``report_every`` epochs (and after the last)
@@ -209,7 +208,7 @@ class _Trials:
                                            channels_last=config.channels_last)
 
         def on_epoch(log: EpochLog) -> None:
-            tracking.log_epoch(log)
+            tracking.log_epoch(log.epoch, log.loss, log.branch_counts)
             done = log.epoch + 1
             if done % self.config.report_every and done != config.epochs:
                 return
@@ -240,16 +239,14 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
             asked for while no trial of the study has completed.
     """
     train_config = config.train
-    study_data = load_study(train_config.data_dir)
-    split = split_study(study_data, train_config.split)
+    prepared = prepare(train_config)
+    split, digest, device = prepared.split, prepared.digest, prepared.device
     train_set, validation = tuning_sets(split, config.target, config.n_images)
-    digest = study_data.digest()
-    device = resolve_device(train_config.device)
-    base_uri, base_model, model_config = "", None, train_config.model
-    if config.target == "finetune":  # the trials keep the base model's architecture
-        base_uri = resolve_base_model(config.base_model, train_config, config.registry, split, digest)
-        base_model, model_config, patch_size = load_base_model(base_uri, device)
-        check_base_model(base_uri, model_config, patch_size, train_config, split)
+    base, model_config = None, train_config.model
+    if config.target == schema.ROLE_FINETUNE:  # the trials keep the base model's architecture
+        base = base_for(config.base_model, train_config, config.registry, prepared)
+        model_config = base.model_config
+    base_uri = base.uri if base else ""
     study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
     storage_url = config.storage or default_storage(tracking.tracking_uri())
     with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start
@@ -260,10 +257,9 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
                                 pruner=pruner or make_pruner(config), load_if_exists=True)
     _check_settings(study, _study_settings(config, base_uri), redact(storage_url))
     trials = _Trials(config, study_name, digest, train_set, validation,
-                     make_patches(train_set, train_config.patch_size, device), device, base_uri, base_model,
-                     model_config)
-    parent_tags = {tracking.ROLE_TAG: "tune", tracking.TUNING_STUDY_TAG: study_name, tracking.DIGEST_TAG: digest,
-                   tracking.ENCODER_TAG: train_config.model.encoder}
+                     make_patches(train_set, train_config.patch_size, device), device, base, model_config)
+    parent_tags = {schema.ROLE_TAG: schema.ROLE_TUNE, schema.TUNING_STUDY_TAG: study_name, schema.DIGEST_TAG: digest,
+                   schema.ENCODER_TAG: train_config.model.encoder}
     parent_id = tracking.find_tuning_parent(study_name)
     with tracking.start_run(f"tune-{study_name}", parent_tags, run_id=parent_id) as parent:
         tracking.log_params({**tracking.flatten_config(config), "storage": redact(storage_url),
@@ -286,7 +282,7 @@ def apply_best(config: TuneConfig, result: TuneResult, base_uri: str) -> RunResu
     if result.best_lr is None:
         raise ValueError(f"no trial of study {result.study_name!r} has completed yet; nothing to apply")
     train_config = dataclasses.replace(config.train, lr=result.best_lr)
-    if config.target == "finetune":
+    if config.target == schema.ROLE_FINETUNE:
         return run_finetune(FinetuneConfig(train=train_config, registry=config.registry, n_images=config.n_images,
                                            base_model=base_uri))
     return run_base(BaseConfig(train=train_config, registry=config.registry), new_run=True)
@@ -297,7 +293,7 @@ def _study_settings(config: TuneConfig, base_uri: str) -> dict[str, object]:
     are: the data digest is in the study's name), the search range and the base model."""
     train = {key: value for key, value in tracking.flatten_config(config.train).items()
              if key not in ("lr", "data_dir", "device")}
-    return {**train, "target": config.target, "n_images": config.n_images if config.target == "finetune" else 0,
+    return {**train, "target": config.target, "n_images": config.n_images if config.target == schema.ROLE_FINETUNE else 0,
             "lr_min": config.lr_min, "lr_max": config.lr_max, "base_model_uri": base_uri}
 
 
@@ -324,8 +320,8 @@ def _log_study_summary(study: optuna.Study, study_name: str, storage: str, paren
         return TuneResult(study_name, storage, parent_run_id, None, None, states)
     best = study.best_trial
     tracking.log_metrics({"best_lr": best.params["lr"], "best_value": best.value}, step=len(trials))
-    tracking.set_tags({"segft.best_trial": str(best.number),
-                       "segft.best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    tracking.set_tags({schema.BEST_TRIAL_TAG: str(best.number),
+                       schema.BEST_RUN_ID_TAG: best.user_attrs.get("mlflow_run_id", "")})
     # one tuned parameter: its importance is 1 by construction, so the slice plot shows lr against Dice instead
     tracking.log_figures({
         "tuning/optimization_history.html": optuna.visualization.plot_optimization_history(study),

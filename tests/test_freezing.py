@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segft.config import ModelConfig
 from segft.models import AttentionUnet
-from segft.models.freezing import freeze
+from segft.models.freezing import freeze, unfreeze
 
 
 def tiny_model() -> AttentionUnet:
     torch.manual_seed(0)
-    return AttentionUnet("resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
+    return AttentionUnet(ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4)))
 
 
 def train_step(model: AttentionUnet) -> None:
@@ -56,3 +57,18 @@ def test_frozen_norm_layers_stay_in_eval_mode_after_train():
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match="none.*norm.*encoder"):
         freeze(tiny_model(), "decoder")
+
+
+def test_freezing_patches_nothing_onto_the_instance_and_unfreeze_undoes_it():
+    model = freeze(tiny_model(), "encoder")
+    assert "train" not in vars(model)  # the class's train() does the work, as in smp
+    assert all(not layer.training for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d))
+    unfreeze(model)
+    model.train()
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(layer.training for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d))
+
+
+def test_only_segft_networks_can_be_frozen():
+    with pytest.raises(ValueError, match="not a segft network"):
+        freeze(torch.nn.Conv2d(1, 1, 3), "norm")

@@ -83,7 +83,7 @@ MODEL_CASES = [  # encoder, depth, decoder channels, input (B, 1, H, W)
 @pytest.mark.parametrize("encoder, depth, decoder_channels, shape", MODEL_CASES)
 def test_attention_unet_outputs_one_logit_map_of_the_input_size(encoder, depth, decoder_channels, shape):
     torch.manual_seed(0)
-    model = AttentionUnet(encoder, None, depth, decoder_channels)
+    model = AttentionUnet(ModelConfig(encoder=encoder, encoder_depth=depth, decoder_channels=decoder_channels))
     out = model(torch.randn(*shape))
     assert out.shape == (shape[0], 1, *shape[2:])
     assert torch.isfinite(out).all()
@@ -91,7 +91,7 @@ def test_attention_unet_outputs_one_logit_map_of_the_input_size(encoder, depth, 
 
 
 def test_attention_unet_decoder_blocks_have_gates_except_the_last():
-    model = AttentionUnet("resnet18", None, 3, (16, 8, 4))
+    model = AttentionUnet(ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4)))
     gates = [block.gate for block in model.decoder.blocks]
     assert all(gate is not None for gate in gates[:-1]) and gates[-1] is None
     assert [block.conv2[0].out_channels for block in model.decoder.blocks] == [16, 8, 4]
@@ -105,12 +105,12 @@ def test_attention_unet_decoder_blocks_have_gates_except_the_last():
 ])
 def test_decoder_channels_must_match_the_encoder_depth(depth, decoder_channels, message):
     with pytest.raises(ValueError, match=message):
-        AttentionUnet("resnet18", None, depth, decoder_channels)
+        AttentionUnet(ModelConfig(encoder="resnet18", encoder_depth=depth, decoder_channels=decoder_channels))
 
 
 def test_unknown_encoder_raises_key_error_listing_the_valid_names():
     with pytest.raises(KeyError, match=r"no-such-encoder.*resnet18.*efficientnet-b0"):
-        AttentionUnet("no-such-encoder", None, 3, (16, 8, 4))
+        AttentionUnet(ModelConfig(encoder="no-such-encoder", encoder_depth=3, decoder_channels=(16, 8, 4)))
 
 
 ENCODER_CHANNELS = {  # smp's out_channels: the input, then each stage
@@ -153,7 +153,7 @@ def test_same_seed_builds_identical_models():
 
 @pytest.mark.parametrize("depth, absent", [(3, ("encoder.layer3.", "encoder.layer4.")), (4, ("encoder.layer4.",))])
 def test_stages_deeper_than_the_encoder_depth_carry_no_weights(depth, absent):
-    model = AttentionUnet("resnet18", encoder_depth=depth, decoder_channels=(16, 8, 4, 2)[:depth])
+    model = AttentionUnet(ModelConfig(encoder="resnet18", encoder_depth=depth, decoder_channels=(16, 8, 4, 2)[:depth]))
     keys = model.state_dict().keys()
     assert not [key for key in keys if key.startswith(absent)]
     assert any(key.startswith(f"encoder.layer{depth - 1}.") for key in keys)

@@ -10,6 +10,7 @@ import tifffile
 import torch
 
 from segft import cli, tracking
+from segft.pyfunc import pyfunc_arguments
 from segft.checkpoint import InferenceSettings, save_checkpoint
 from segft.config import ModelConfig, PredictConfig
 from segft.data.readers import read_images, read_masks, read_pages
@@ -32,7 +33,7 @@ def model_path(tmp_path_factory) -> str:
             parameter.add_(0.05 * torch.randn_like(parameter))
     root = tmp_path_factory.mktemp("model")
     checkpoint = save_checkpoint(model.eval(), CONFIG, InferenceSettings(patch_size=32), root / "checkpoint")
-    return str(tracking.save_model(checkpoint, root / "pyfunc"))
+    return str(tracking.save_model(pyfunc_arguments(checkpoint), root / "pyfunc"))
 
 
 @pytest.fixture(scope="module")

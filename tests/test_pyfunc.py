@@ -20,7 +20,7 @@ from segft.checkpoint import WEIGHTS_FILE, CheckpointError, InferenceSettings, s
 from segft.config import ModelConfig
 from segft.data.readers import DataError, to_single_channel
 from segft.inference import SlidingWindowSegmenter
-from segft.pyfunc import as_images, example_image
+from segft.pyfunc import as_images, example_image, pyfunc_arguments
 
 CONFIG = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 SETTINGS = InferenceSettings(patch_size=32, overlap=0.5)
@@ -40,7 +40,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     model = tiny_model()
     checkpoint = save_checkpoint(model, CONFIG, SETTINGS, root / "checkpoint")
-    return tracking.save_model(checkpoint, root / "pyfunc"), model
+    return tracking.save_model(pyfunc_arguments(checkpoint), root / "pyfunc"), model
 
 
 @pytest.fixture(scope="module")

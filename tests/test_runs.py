@@ -90,7 +90,7 @@ def test_too_few_pool_images_for_n_images_is_refused_before_any_run(store, tiny_
 import dataclasses  # noqa: E402
 
 from segft.config import LossConfig  # noqa: E402
-from segft.data.study import load_study, split_study  # noqa: E402
+from segft.data.split import load_data, split_study  # noqa: E402
 from segft.runs import base_key  # noqa: E402
 
 KEY_CHANGES = [  # what differs from tiny_train, as TrainConfig replacements
@@ -107,7 +107,7 @@ KEY_CHANGES = [  # what differs from tiny_train, as TrainConfig replacements
 @pytest.mark.parametrize("name, change", KEY_CHANGES, ids=[c[0] for c in KEY_CHANGES])
 def test_base_key_changes_with_everything_that_defines_a_base_model(tiny_data, name, change):
     config = tiny_train(tiny_data)
-    data = load_study(config.data_dir)
+    data = load_data(config.data_dir)
     other = dataclasses.replace(config, **change)
     key = base_key(config, split_study(data, config.split), data.digest())
     assert key != base_key(other, split_study(data, other.split), data.digest())

@@ -1,13 +1,13 @@
-"""Tests for segft.data.study: the split by position into base training, fine-tuning pool and test sets."""
+"""Tests for segft.data.split: the split by position into base training, fine-tuning pool and test sets."""
 
 from __future__ import annotations
 
 import pytest
 
-from segft.config import SplitConfig
+from segft.config import FinetuneConfig, SplitConfig
 from segft.data.imageset import ImageSet, StudyData
 from segft.data.readers import DataError
-from segft.data.study import StudySplit, split_study
+from segft.data.split import StudySplit, split_study
 from segft.data.synthetic import make_microtube_study
 
 
@@ -85,9 +85,9 @@ def test_finetune_subset_larger_than_the_pool_raises(split, n_images):
 
 
 @pytest.mark.parametrize("n_images", [0, -3])
-def test_finetune_subset_needs_at_least_one_image(split, n_images):
+def test_fewer_than_one_image_is_refused_by_the_config(n_images):
     with pytest.raises(ValueError, match=rf"n_images must be >= 1, got {n_images}"):
-        split.finetune_subset(n_images)
+        FinetuneConfig(n_images=n_images)
 
 
 def small_study(study: StudyData, n1: int, n2: int) -> StudyData:

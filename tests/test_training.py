@@ -14,7 +14,8 @@ from segft.inference import SlidingWindowSegmenter, sliding_window_predict, wind
 from segft.losses import BRANCHES, DynamicLoss
 from segft.metrics import confusion_counts
 from segft.models import build_model
-from segft.training import EpochLog, ImageResult, Patches, evaluate, make_patches, mean_dice, resolve_device, train
+from segft.device import resolve_device
+from segft.training import EpochLog, ImageResult, Patches, evaluate, make_patches, mean_dice, train
 
 TINY = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 

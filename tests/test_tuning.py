@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from segft import cli, tracking
 from segft.config import ModelConfig, SplitConfig, TrainConfig, TuneConfig
-from segft.data.study import split_study
+from segft.data.split import split_study
 from segft.data.synthetic import make_microtube_study, write_study
 from segft.tuning import default_storage, make_pruner, redact, run_tuning, tuning_sets
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segft.config import LossConfig
 from segft.losses.reduction import check_reduction, reduce, sample_dims
 
 
@@ -35,8 +36,8 @@ class TverskyLoss(nn.Module):
     """``1 - TI`` (Salehi et al. 2017).
 
     Args:
-        alpha: Weight on false positives (0.7 in the original study).
-        beta: Weight on false negatives (0.3).
+        alpha: Weight on false positives (default: ``LossConfig``'s, the original study's).
+        beta: Weight on false negatives.
         smooth: Added to numerator and denominator; makes an empty target with an empty prediction score 0.
         reduction: ``none`` (shape (B,)), ``mean`` or ``sum``.
 
@@ -44,7 +45,8 @@ class TverskyLoss(nn.Module):
         ValueError: For negative weights or an unknown reduction.
     """
 
-    def __init__(self, alpha: float = 0.7, beta: float = 0.3, smooth: float = 1e-5, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = LossConfig.tversky_alpha, beta: float = LossConfig.tversky_beta,
+                 smooth: float = 1e-5, reduction: str = "mean") -> None:
         super().__init__()
         _check_weights(alpha, beta)
         self.alpha, self.beta, self.smooth = alpha, beta, smooth
@@ -61,7 +63,7 @@ class FocalTverskyLoss(nn.Module):
     Args:
         alpha: Weight on false positives.
         beta: Weight on false negatives.
-        gamma: Focal exponent (0.75 in the original study).
+        gamma: Focal exponent (default: ``LossConfig``'s, the original study's).
         smooth: See ``TverskyLoss``.
         reduction: ``none`` (shape (B,)), ``mean`` or ``sum``.
 
@@ -70,7 +72,8 @@ class FocalTverskyLoss(nn.Module):
     """
 
     def __init__(
-        self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 0.75, smooth: float = 1e-5, reduction: str = "mean"
+        self, alpha: float = LossConfig.tversky_alpha, beta: float = LossConfig.tversky_beta,
+        gamma: float = LossConfig.focal_gamma, smooth: float = 1e-5, reduction: str = "mean",
     ) -> None:
         super().__init__()
         _check_weights(alpha, beta)

@@ -8,36 +8,31 @@ from torch import nn
 
 from segft.config import ModelConfig
 from segft.models.decoder import AttentionUnetDecoder
+from segft.models.freezing import Freezable
 from segft.models.paulow import PaulowUnet
 
 
-class AttentionUnet(nn.Module):
+class AttentionUnet(Freezable):
     """Attention U-Net (Oktay et al. 2018) on any segmentation_models_pytorch encoder.
 
     One input channel (the normalized grey image), one output logit map of the input's size.
     Input height and width must be divisible by ``2 ** encoder_depth``.
 
     Args:
-        encoder: smp encoder name (``smp.encoders.get_encoder``; its KeyError lists the valid names).
-        encoder_weights: Pretrained weights name, or None/"" for random initialisation (nothing is downloaded).
-        encoder_depth: Number of encoder stages (3-5).
-        decoder_channels: Channels of each decoder block, deepest first; ``encoder_depth`` entries.
+        config: ``encoder`` (smp encoder name, ``smp.encoders.get_encoder``; its KeyError lists the valid names),
+            ``encoder_weights`` (pretrained weights name, or empty for random initialisation: nothing is
+            downloaded), ``encoder_depth`` (encoder stages, 3-5) and ``decoder_channels`` (channels of each
+            decoder block, deepest first; ``encoder_depth`` entries).
     """
 
-    def __init__(
-        self,
-        encoder: str = "tu-mobilenetv3_small_100",
-        encoder_weights: str | None = None,
-        encoder_depth: int = 4,
-        decoder_channels: tuple[int, ...] = (32, 16, 8, 8),
-    ) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.encoder = smp.encoders.get_encoder(
-            encoder, in_channels=1, depth=encoder_depth, weights=encoder_weights or None
+            config.encoder, in_channels=1, depth=config.encoder_depth, weights=config.encoder_weights or None
         )
-        drop_unused_stages(self.encoder, encoder_depth)
-        self.decoder = AttentionUnetDecoder(self.encoder.out_channels, decoder_channels)
-        self.head = nn.Conv2d(decoder_channels[-1], 1, kernel_size=3, padding=1)
+        drop_unused_stages(self.encoder, config.encoder_depth)
+        self.decoder = AttentionUnetDecoder(self.encoder.out_channels, config.decoder_channels)
+        self.head = nn.Conv2d(config.decoder_channels[-1], 1, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) image -> (B, 1, H, W) logits."""
@@ -62,9 +57,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     """The model described by ``config``: ``AttentionUnet`` or the original study's ``PaulowUnet``."""
     if config.arch == "paulow":
         return PaulowUnet()
-    return AttentionUnet(
-        encoder=config.encoder,
-        encoder_weights=config.encoder_weights,
-        encoder_depth=config.encoder_depth,
-        decoder_channels=tuple(config.decoder_channels),
-    )
+    return AttentionUnet(config)

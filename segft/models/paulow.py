@@ -27,7 +27,7 @@ The network, a plain Attention U-Net with 3 poolings:
 
 Where it differs from segft's default model (``AttentionUnet``: timm's MobileNetV3-Small encoder at depth 4 with
 our 32-16-8-8 decoder, 0.97 M parameters): 3 poolings instead of 4 (input sides divisible by 8, not 16); 64 to
-512 channels throughout (8.1 M parameters, about 30x slower to train on a CPU); weight standardization, GroupNorm
+512 channels throughout (8.1 M parameters, far slower to train: README, "Performance"); weight standardization, GroupNorm
 and LeakyReLU instead of plain convolutions, BatchNorm and ReLU, so it has no running statistics and
 ``freeze=norm`` changes nothing on it; residual blocks; transposed-convolution upsampling instead of nearest
 neighbour; gates with biased projections and GroupNorm; the skip before the upsampled feature in the
@@ -42,6 +42,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from segft.models.freezing import Freezable
 
 CHANNELS = (64, 128, 256, 512)
 GROUPS = 8
@@ -101,7 +103,7 @@ class PaulowAttentionGate(nn.Module):
         return x * self.psi(self.act(self.W_g(g) + self.W_x(x)))
 
 
-class PaulowUnet(nn.Module):
+class PaulowUnet(Freezable):
     """The original study's Attention U-Net: (B, in_channels, H, W) -> (B, 1, H, W) logits; H and W divisible by 8.
 
     Args:

@@ -16,7 +16,7 @@ from segft.data.imageset import ImageSet, StudyData
 from segft.data.synthetic import make_microtube_study
 
 
-def load_study(data_dir: str) -> StudyData:
+def load_data(data_dir: str) -> StudyData:
     """The study's data: ``data_dir/dataset1`` and ``data_dir/dataset2``, or the built-in synthetic microtube
     data when ``data_dir`` is empty. Validates every file (see ``segft.data.dataset``)."""
     return load_study_data(data_dir) if data_dir else make_microtube_study()
@@ -32,14 +32,11 @@ class StudySplit:
     test_dataset2: ImageSet
 
     def finetune_subset(self, n_images: int) -> ImageSet:
-        """The first ``n_images`` of the fine-tuning pool.
+        """The first ``n_images`` of the fine-tuning pool (``n_images`` >= 1 is the config's to check).
 
         Raises:
             DataError: If the pool holds fewer than ``n_images``.
-            ValueError: If ``n_images`` < 1.
         """
-        if n_images < 1:
-            raise ValueError(f"n_images must be >= 1, got {n_images}")
         require_images(self.finetune_pool, n_images, f"fine-tuning with n_images={n_images} (pool of the first "
                        f"{len(self.finetune_pool)} images)")
         return self.finetune_pool.subset(range(n_images))

@@ -1,0 +1,102 @@
+"""Every name segft writes into MLflow and reads back: tags, params, metrics, artifact paths, roles, arms, aliases.
+
+The writer (``segft.tracking`` and the run pipeline) and the reader (``analysis``) share names only through this
+module, which imports nothing, so reading a study back needs no torch. A test checks that tag and artifact names
+appear as string literals nowhere else.
+"""
+
+from __future__ import annotations
+
+# ---- run tags
+ROLE_TAG = "segft.role"
+ARM_TAG = "segft.arm"
+REPEAT_TAG = "segft.repeat"
+STUDY_TAG = "segft.study_id"
+RUN_KEY_TAG = "segft.run_key"
+DIGEST_TAG = "segft.data_digest"
+ENCODER_TAG = "segft.encoder"
+MODEL_URI_TAG = "segft.model_uri"
+#: Digest of everything that defines a base model (``segft.runs.base_key``): reuse only under the same key.
+BASE_KEY_TAG = "segft.base_key"
+#: On a study's parent run: the model version it recommends.
+CHAMPION_TAG = "segft.champion"
+TUNING_STUDY_TAG = "segft.tuning_study"
+TRIAL_NUMBER_TAG = "segft.trial_number"
+#: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
+TRIAL_STATE_TAG = "segft.trial_state"
+BEST_TRIAL_TAG = "segft.best_trial"
+BEST_RUN_ID_TAG = "segft.best_run_id"
+
+# ---- roles (tag ``segft.role``) and arms (tag ``segft.arm``)
+ROLE_BASE = "base"
+ROLE_FINETUNE = "finetune"
+ROLE_STUDY = "study"
+ROLE_TUNE = "tune"
+ROLE_TUNE_TRIAL = "tune_trial"
+#: The base model scored as it is (no Dataset 2 images).
+RAW_ARM = "raw"
+FINETUNE_ARM = "finetune"
+SCRATCH_ARM = "scratch"
+JOINT_ARM = "joint"
+#: Otsu's threshold per image, no training: run once per study.
+THRESHOLD_ARM = "threshold"
+#: Arms that train a model on Dataset 2 images.
+TRAINED_ARMS = (FINETUNE_ARM, SCRATCH_ARM, JOINT_ARM)
+#: The arms a study can run beside the raw base model.
+ARMS = (*TRAINED_ARMS, THRESHOLD_ARM)
+
+# ---- datasets and metrics
+DATASET1 = "dataset1"
+DATASET2 = "dataset2"
+
+
+TEST, VALIDATION = "test", "val"
+
+
+def metric_name(part: str, name: str, dataset: str) -> str:
+    """``<part>_<name>_<dataset>``: ``test_dice_dataset1``, ``val_fg_ratio_dataset2``... (``part`` is ``TEST`` or
+    ``VALIDATION``: validation images are never test images)."""
+    return f"{part}_{name}_{dataset}"
+
+
+#: The metric a study picks its champion by: Dice on Dataset 2 pool images the run did not train on.
+VALIDATION_METRIC = metric_name(VALIDATION, "dice", DATASET2)
+
+# ---- artifacts
+EVALUATION_CSV = "evaluation/per_image_dice.csv"
+VALIDATION_CSV = "evaluation/val_per_image_dice.csv"
+SPLIT_JSON = "split.json"
+REPORT_DIR = "report"
+TEST_DATA_DIR = "test_data"
+#: Where a logged segft pyfunc keeps its checkpoint, inside the model's artifacts.
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def overlay_path(dataset: str, image: str) -> str:
+    """A test image's overlay of prediction against ground truth."""
+    return f"overlays/{dataset}/{image}.png"
+
+
+def prediction_path(dataset: str, image: str) -> str:
+    """A test image's predicted mask (0/255)."""
+    return f"predictions/{dataset}/{image}.png"
+
+
+def study_images_dir(dataset: str) -> str:
+    """The folder of a dataset's test images (8-bit, for display) on a study's parent run."""
+    return f"{TEST_DATA_DIR}/{dataset}/images"
+
+
+def study_image_path(dataset: str, image: str) -> str:
+    """A test image (8-bit, for display) on a study's parent run."""
+    return f"{study_images_dir(dataset)}/{image}.png"
+
+
+def study_mask_path(dataset: str, image: str) -> str:
+    """A test image's ground-truth mask on a study's parent run."""
+    return f"{TEST_DATA_DIR}/{dataset}/masks/{image}.png"
+
+
+# ---- registry aliases a study sets
+CHAMPION_ALIAS = "champion"
+BASE_ALIAS = "base"
