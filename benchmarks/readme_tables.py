@@ -53,14 +53,16 @@ def study_table(record: dict) -> str:
     ])
 
 
-def loss_choice_table(record: dict) -> str:
-    """Validation Dice (decides) and test Dice (reported) of each dynamic-loss variant on each data set."""
+def choice_table(record: dict) -> str:
+    """Validation Dice (decides) and test Dice (reported) of each variant on each data set, with the fine-tuned
+    runs whose validation masks were degenerate."""
     data = list(next(iter(record["variants"].values()))["data"])
-    head = ["variant", "validation score"] + [f"{d}: val D2 / test D1 / test D2" for d in data]
+    head = ["variant", "validation score"] + [f"{d}: val D2 / test D1 / test D2 (degenerate runs)" for d in data]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, variant in record["variants"].items():
         cells = [f"{v['mean_val_dice_dataset2']:.3f} / {v['mean_test_dice_dataset1']:.3f} / "
-                 f"{v['mean_test_dice_dataset2']:.3f}" for v in variant["data"].values()]
+                 f"{v['mean_test_dice_dataset2']:.3f} ({len(v.get('degenerate_on_validation', {}))} of "
+                 f"{sum(k.startswith('finetune') for k in v['runs'])})" for v in variant["data"].values()]
         mark = " (chosen)" if name == record["chosen"] else ""
         lines.append(f"| `{name}`{mark} | {variant['validation_score']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join([
@@ -99,7 +101,8 @@ def repeatability(record: dict) -> str:
             f"{record['wall_s'] / 60:.1f} min.")
 
 
-RENDERERS = {"study-": study_table, "loss_choice": loss_choice_table, "speed-": speed_table}
+RENDERERS = {"study-": study_table, "loss_choice": choice_table, "quick_lr_choice": choice_table,
+             "speed-": speed_table}
 
 
 def render(file: str) -> str:

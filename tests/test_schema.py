@@ -48,8 +48,9 @@ def test_schema_imports_nothing():
 
 
 def test_analysis_never_imports_torch():
-    """A user reads a remote study on a laptop without torch: importing the whole analysis must not load it."""
-    code = ("import sys, analysis.report, analysis.query, analysis.summary, analysis.figures, analysis.grid; "
+    """A user reads a remote study on a laptop without torch (`segft analyze`): importing the whole analysis and the
+    command line must not load it."""
+    code = ("import sys, segft.cli, analysis.report, analysis.query, analysis.summary, analysis.figures, analysis.grid; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segmentation_models_pytorch', "
             "'timm', 'torchvision')))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

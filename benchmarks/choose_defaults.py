@@ -1,5 +1,6 @@
-"""Choose the dynamic loss's default on evidence: each loss variant runs the quick study's fine-tuning arm on the
-built-in data and on the real two-domain nucleus set, and validation Dice decides (issue 10).
+"""Choose defaults on evidence: each variant runs the quick study's fine-tuning arm on the built-in data and on the
+real two-domain nucleus set, and validation Dice decides (issue 10). ``--choose loss`` compares the dynamic loss's
+variants at the quick preset; ``--choose lr`` compares the quick preset's learning rate with the default loss.
 
 Variants: ``loss_scope`` (patch or batch) x ``bce_in_every_branch`` (the fix, or the original loss). Only fixed
 variants can be chosen (the fix is required); the others are measured for reference. The decision metric is the
@@ -8,7 +9,8 @@ images) over both data sets, sizes and repeats; sizes stop at 15 so that every r
 Dice is recorded beside it for the README, never used to choose. Each variant trains its own base model (the loss
 trains the base too). Writes one JSON with provenance:
 
-    python benchmarks/loss_choice.py --out benchmarks/results/loss_choice.json
+    python benchmarks/choose_defaults.py --out benchmarks/results/loss_choice.json
+    python benchmarks/choose_defaults.py --choose lr --out benchmarks/results/quick_lr_choice.json
 """
 
 from __future__ import annotations
@@ -22,27 +24,33 @@ from pathlib import Path
 
 from provenance import ROOT, provenance
 
-VARIANTS = {
+LOSS_VARIANTS = {
     "patch+bce": {"loss_scope": "patch", "bce_in_every_branch": True},
     "batch+bce": {"loss_scope": "batch", "bce_in_every_branch": True},
     "patch (no fix)": {"loss_scope": "patch", "bce_in_every_branch": False},
     "batch (original)": {"loss_scope": "batch", "bce_in_every_branch": False},
 }
+LR_VARIANTS = {f"lr {lr:g}": {"lr": lr} for lr in (1e-3, 3e-4, 1e-4)}
+#: What each ``--choose`` compares, and which variants may be chosen (the loss fix is required).
+CHOICES = {"loss": (LOSS_VARIANTS, lambda settings: settings["bce_in_every_branch"]),
+           "lr": (LR_VARIANTS, lambda settings: True)}
 DATA = {"built-in": "", "dsb2018-two-domains": str(ROOT.parent / "shared" / "data" / "dsb2018-two-domains")}
 
 
-def run_variant(data_dir: str, loss: dict, sizes: tuple[int, ...], repeats: int) -> dict:
+def run_variant(data_dir: str, settings: dict, sizes: tuple[int, ...], repeats: int) -> dict:
     from segft.config import StudyConfig
     from segft.presets import preset_train_config
     from segft.study import run_study
 
-    train = preset_train_config("quick", {"data_dir": data_dir, **loss})
+    train = preset_train_config("quick", {"data_dir": data_dir, **settings})
     config = StudyConfig(train=train, sizes=sizes, repeats=repeats, arms=("finetune",), preset="quick",
                          report_dir=tempfile.mkdtemp())
     start = time.perf_counter()
     result = run_study(config)
     runs = {key: {**r.val_metrics, **r.test_metrics} for key, r in result.runs.items()}
-    return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs}
+    degenerate = {key: r.val_metrics.get("val_fg_ratio_dataset2") for key, r in result.runs.items()
+                  if key.startswith("finetune") and not 1 / 3 <= r.val_metrics.get("val_fg_ratio_dataset2", 1) <= 3}
+    return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs, "degenerate_on_validation": degenerate}
 
 
 def mean(values: list[float]) -> float | None:
@@ -51,19 +59,22 @@ def mean(values: list[float]) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--choose", choices=sorted(CHOICES), default="loss")
     parser.add_argument("--sizes", default="5,10,15")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_choice.json")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    record = {**provenance(), "sizes": sizes, "repeats": args.repeats, "preset": "quick", "arms": ["finetune"],
+    variants, eligible = CHOICES[args.choose]
+    record = {**provenance(), "choose": args.choose, "sizes": sizes, "repeats": args.repeats, "preset": "quick",
+              "arms": ["finetune"],
               "decision_metric": "mean val_dice_dataset2 over data sets, sizes and repeats", "variants": {}}
-    for name, loss in VARIANTS.items():
+    for name, settings in variants.items():
         per_data = {}
         for data_name, data_dir in DATA.items():
             with tempfile.TemporaryDirectory() as store:
                 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-                outcome = run_variant(data_dir, loss, sizes, args.repeats)
+                outcome = run_variant(data_dir, settings, sizes, args.repeats)
             finetuned = [r for key, r in outcome["runs"].items() if key.startswith("finetune")]
             per_data[data_name] = {
                 **outcome,
@@ -73,11 +84,11 @@ def main() -> None:
             }
             print(name, data_name, {k: v for k, v in per_data[data_name].items() if k != "runs"}, flush=True)
         score = mean([d["mean_val_dice_dataset2"] for d in per_data.values()])
-        record["variants"][name] = {"settings": loss, "validation_score": score, "data": per_data}
-    # The fix is required (a region without foreground must always be trainable), so only fixed variants compete;
-    # the unfixed ones are measured for reference.
-    fixed = [name for name, v in record["variants"].items() if v["settings"]["bce_in_every_branch"]]
-    record["chosen"] = max(fixed, key=lambda v: record["variants"][v]["validation_score"])
+        record["variants"][name] = {"settings": settings, "validation_score": score, "data": per_data}
+    # The loss fix is required (a region without foreground must always be trainable), so only fixed variants
+    # compete; the unfixed ones are measured for reference.
+    candidates = [name for name, v in record["variants"].items() if eligible(v["settings"])]
+    record["chosen"] = max(candidates, key=lambda v: record["variants"][v]["validation_score"])
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print("chosen:", record["chosen"], "->", args.out)
 
