@@ -40,11 +40,6 @@ def confusion_counts(prediction: np.ndarray, truth: np.ndarray) -> Counts:
     return Counts(tp=tp, fp=int(np.count_nonzero(prediction)) - tp, fn=int(np.count_nonzero(truth)) - tp)
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of a whole image; 1.0 when both masks are empty (documented convention), 0.0 when only one is."""
-    return confusion_counts(prediction, truth).dice
-
-
 def dataset_metrics(table: pd.DataFrame, part: str) -> dict[str, float]:
     """Per dataset of a per-image table (columns dataset, dice, tp, fp, fn): the mean per-image Dice (the study's
     per-dataset number) and the foreground ratio, predicted / true foreground pixels over the dataset's images

@@ -313,7 +313,8 @@ def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
     return train_base(base_spec(config.train, config.registry, prepared, new_run=new_run), prepared)
 
 
-def base_for(base_model: str, config: TrainConfig, registry: RegistryConfig, prepared: Prepared) -> BaseModel:
+def base_model_or_train(base_model: str, config: TrainConfig, registry: RegistryConfig,
+                        prepared: Prepared) -> BaseModel:
     """The base model a fine-tuning (or tuning) command starts from: ``base_model`` when given, else the newest
     registered one with the same ``base_key``; when there is none, one is trained first, as its own run."""
     uri = base_model or find_base_model(config, registry, prepared)
@@ -331,7 +332,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     (``check_base_model``).
     """
     prepared = prepare(config.train, [config.n_images])
-    base = base_for(config.base_model, config.train, config.registry, prepared)
+    base = base_model_or_train(config.base_model, config.train, config.registry, prepared)
     model, train_config = model_from_base(base, config.train)
     spec = RunSpec(role=schema.ROLE_FINETUNE, arm=schema.FINETUNE_ARM, config=train_config,
                    train_set=prepared.split.finetune_subset(config.n_images),

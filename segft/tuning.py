@@ -31,7 +31,8 @@ from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, T
 from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
 from segft.inference import SlidingWindowSegmenter
-from segft.runs import BaseModel, RunResult, base_for, fresh_model, model_from_base, prepare, run_base, run_finetune
+from segft.runs import (BaseModel, RunResult, base_model_or_train, fresh_model, model_from_base, prepare, run_base,
+                        run_finetune)
 from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, train
 
 #: Share of Dataset 1's training images held out to validate base-training trials (at least one image).
@@ -244,7 +245,7 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     train_set, validation = tuning_sets(split, config.target, config.n_images)
     base, model_config = None, train_config.model
     if config.target == schema.ROLE_FINETUNE:  # the trials keep the base model's architecture
-        base = base_for(config.base_model, train_config, config.registry, prepared)
+        base = base_model_or_train(config.base_model, train_config, config.registry, prepared)
         model_config = base.model_config
     base_uri = base.uri if base else ""
     study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
