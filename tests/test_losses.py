@@ -18,6 +18,8 @@ from segft.config import LossConfig
 from segft.losses import BRANCHES, BCELoss, DynamicLoss, FocalTverskyLoss, TverskyLoss
 from segft.losses.tversky import tversky_index
 
+#: The per-patch rule with the fix (the defaults are the original's, chosen on validation Dice: see the README).
+PATCH = LossConfig(loss_scope="patch", bce_in_every_branch=True)
 BIG = 100.0  # sigmoid(100) == 1 and sigmoid(-100) ~ 4e-44 in float32: hard 0/1 predictions
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
 SMOOTH = 1e-5  # the losses' default smoothing term
@@ -220,7 +222,7 @@ SELECT_CASES = [  # logits, expected branch; threshold 6.25 %
 
 @pytest.mark.parametrize("logits, branch", SELECT_CASES)
 def test_select_branch_from_predicted_foreground_fraction(logits, branch):
-    assert DynamicLoss().select(logits).tolist() == [branch]
+    assert DynamicLoss(PATCH).select(logits).tolist() == [branch]
 
 
 def test_select_follows_the_configured_threshold():
@@ -263,7 +265,8 @@ WEIGHT_CASES = [(1.0, 1.0, 1.0), (2.0, 3.0, 5.0), (0.0, 1.0, 0.5)]  # weight_bce
 @pytest.mark.parametrize("w_bce, w_tversky, w_focal", WEIGHT_CASES)
 def test_mixed_batch_uses_each_samples_branch_formula(w_bce, w_tversky, w_focal):
     logits, target, terms = mixed_batch()
-    config = LossConfig(weight_bce=w_bce, weight_tversky=w_tversky, weight_focal_tversky=w_focal)
+    config = LossConfig(loss_scope="patch", bce_in_every_branch=True, weight_bce=w_bce, weight_tversky=w_tversky,
+                        weight_focal_tversky=w_focal)
     loss_fn = DynamicLoss(config)
     expected = [
         w_bce * terms["bce0"],  # branch 0: BCE
@@ -286,7 +289,7 @@ def test_branch_names_match_indices():
 def test_branch_is_decided_per_patch_not_per_batch(index):
     """A patch gets the same branch and loss alone as in any batch around it."""
     logits, target, _ = mixed_batch()
-    loss_fn = DynamicLoss()
+    loss_fn = DynamicLoss(PATCH)
     alone_loss, alone_branch = loss_fn.per_sample(logits[index : index + 1], target[index : index + 1])
     assert alone_branch.tolist() == [index]
     for other in range(3):  # next to each other patch, itself included
@@ -304,7 +307,7 @@ def test_gradients_are_finite_for_a_perfect_prediction(positive):
     """A perfect sample has 1 - TI = 0, where d/dx x ** 0.75 is infinite: the clamp must keep gradients finite."""
     logits = patch(8, positive).requires_grad_()
     target = patch(8, positive, 1.0, 0.0)
-    loss, _ = DynamicLoss()(logits, target)
+    loss, _ = DynamicLoss(PATCH)(logits, target)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
@@ -319,7 +322,7 @@ def test_selection_is_not_differentiated():
     """The branch choice uses the detached prediction: gradients come only from the selected loss terms."""
     logits, target, _ = mixed_batch()
     logits = logits[:1].clone().requires_grad_()  # branch 0: only BCE
-    DynamicLoss()(logits, target[:1])[0].backward()
+    DynamicLoss(PATCH)(logits, target[:1])[0].backward()
     expected = logits.detach().clone().requires_grad_()
     BCELoss()(expected, target[:1]).backward()
     assert torch.allclose(logits.grad, expected.grad)
@@ -328,7 +331,7 @@ def test_selection_is_not_differentiated():
 def test_original_third_branch_has_no_bce():
     """``bce_in_every_branch=false`` keeps the original Tversky + Focal Tversky in the third branch."""
     logits, target, terms = mixed_batch()
-    per_sample, _ = DynamicLoss(LossConfig(bce_in_every_branch=False)).per_sample(logits, target)
+    per_sample, _ = DynamicLoss(LossConfig(loss_scope="patch", bce_in_every_branch=False)).per_sample(logits, target)
     assert per_sample[2].item() == pytest.approx(terms["tversky2"] + terms["focal2"], rel=1e-5)
 
 
@@ -399,7 +402,7 @@ def test_false_positives_on_an_empty_target_are_always_trained_away(scope, name,
     """With the fix, a region without foreground gets at least plain BCE's gradient, pointing down on every
     predicted pixel, so a gradient step lowers its false positives; without it, the gradient is ~0."""
     target = torch.zeros_like(logits)
-    _, grad = loss_and_grad(LossConfig(loss_scope=scope), logits, target)
+    _, grad = loss_and_grad(LossConfig(loss_scope=scope, bce_in_every_branch=True), logits, target)
     bce = logits.clone().requires_grad_()
     BCELoss()(bce, target).backward()
     assert grad.abs().sum().item() >= 0.99 * bce.grad.abs().sum().item()
@@ -411,6 +414,6 @@ def test_false_positives_on_an_empty_target_are_always_trained_away(scope, name,
 def test_batch_scope_decides_once_for_the_whole_batch():
     """The mixed batch (one patch per branch, 34 of 192 pixels = 17.7 % predicted foreground) takes the third branch as a whole."""
     logits, target, _ = mixed_batch()
-    per_sample, branch = DynamicLoss(LossConfig(loss_scope="batch")).per_sample(logits, target)
+    per_sample, branch = DynamicLoss(LossConfig(loss_scope="batch", bce_in_every_branch=True)).per_sample(logits, target)
     assert branch.tolist() == [2, 2, 2]
     assert torch.all(per_sample == per_sample[0])

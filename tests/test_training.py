@@ -145,9 +145,16 @@ def test_epoch_log_holds_the_mean_loss_of_the_patches():
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
 def test_epoch_log_counts_the_branch_of_every_patch(batch_size):
-    logs = train(Scale(), one_patch_per_branch(), tiny_config(epochs=3, batch_size=batch_size))
+    config = tiny_config(epochs=3, batch_size=batch_size, loss=LossConfig(loss_scope="patch"))
+    logs = train(Scale(), one_patch_per_branch(), config)
     # the scale stays positive, so each patch keeps its branch while training
     assert [log.branch_counts for log in logs] == [{"bce": 1, "bce_tversky": 1, "tversky_focal": 1}] * 3
+
+
+def test_batch_scope_counts_every_patch_in_its_batchs_branch():
+    """One batch of all three patches (the original rule): the batch's predicted fraction picks one branch."""
+    logs = train(Scale(), one_patch_per_branch(), tiny_config(epochs=1, batch_size=3, loss=LossConfig(loss_scope="batch")))
+    assert sum(logs[0].branch_counts.values()) == 3 and max(logs[0].branch_counts.values()) == 3
 
 
 def test_same_seed_gives_the_same_loss_trajectory(patches):
@@ -324,7 +331,7 @@ def test_a_model_predicting_all_foreground_on_background_patches_is_trained_back
             model.head.bias.fill_(4.0)  # every pixel foreground
         return model
 
-    config = tiny_config(epochs=12, lr=1e-2, loss=LossConfig(loss_scope=scope))  # 12 epochs x 4 steps = 48 steps
+    config = tiny_config(epochs=12, lr=1e-2, loss=LossConfig(loss_scope=scope, bce_in_every_branch=True))  # 48 steps
     fixed = collapsed()
     assert false_positive_fraction(fixed, background) == 1.0
     train(fixed, patches, config)

@@ -15,14 +15,17 @@ The loss is chosen from the fraction of pixels predicted as foreground (sigmoid 
 **The defect, and the fix** (``bce_in_every_branch``). A region whose target has no foreground has Tversky index
 ``smooth / (alpha FP + smooth)`` ~ 0 whatever the model predicts, so Tversky + Focal Tversky is a flat 2.0 with a
 gradient of ~1e-11 there (``../shared/reference/paulow``: last case). When such a region's predicted foreground
-exceeds ``small_foreground`` it lands in the third branch and its false positives can never be trained away,
-while foreground regions keep pushing predictions up: fine-tuning on a domain where the raw model over-predicts
-collapses to "everything is foreground". With ``bce_in_every_branch`` (the default) the third branch is
-BCE + Tversky + Focal Tversky, so every region always gets at least BCE's pixel-wise gradient, which lowers false
-positives on an empty target. Adding BCE rather than treating empty targets separately was chosen on evidence:
-BCE alone on empty-target patches removed the collapse on real data but drove the built-in data to predict
-nothing (issue 10's experiments), while BCE in every branch worked on both. ``bce_in_every_branch=false`` with
-``loss_scope=batch`` is the original loss exactly, defect included, to reproduce the paper's numbers.
+exceeds ``small_foreground`` it lands in the third branch and its false positives cannot be trained away, while
+foreground regions keep pushing predictions up: fine-tuning on a domain where the raw model over-predicts can
+collapse to "everything is foreground". With ``bce_in_every_branch`` the third branch is BCE + Tversky + Focal
+Tversky, so every region always gets at least BCE's pixel-wise gradient, which lowers false positives on an empty
+target. BCE is added rather than swapped in for empty targets because swapping drove the built-in data to predict
+nothing (issue 10's experiments).
+
+**The default is the original's rule** (``loss_scope=batch``, no fix), chosen on validation Dice (README,
+"Results"): in segft's own runs the original loss never collapsed to all foreground, while BCE in every branch
+drove one of two base models of the built-in data to predict nothing at the quick preset. The fix is one setting
+away, and a study flags a collapsed run either way (``segft.quality``).
 
 The choice uses the detached prediction: it selects a loss but is not itself differentiated.
 """
