@@ -10,6 +10,8 @@ trains the base too). Writes one JSON with provenance:
 
     python benchmarks/choose_defaults.py --out benchmarks/results/loss_choice.json
     python benchmarks/choose_defaults.py --choose lr --out benchmarks/results/quick_lr_choice.json
+    python benchmarks/choose_defaults.py --choose lr --set loss_scope=patch --set bce_in_every_branch=true \
+        --out benchmarks/results/quick_lr_choice_with_fix.json
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ def run_variant(data_dir: str, settings: dict, sizes: tuple[int, ...], repeats: 
     return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs, "degenerate_on_validation": degenerate}
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``field=value`` with the value read as the field's type (bool, int, float or str)."""
+    name, _, value = text.partition("=")
+    for parse in (lambda v: {"true": True, "false": False}[v.lower()], int, float):
+        try:
+            return name, parse(value)
+        except (KeyError, ValueError):
+            pass
+    return name, value
+
+
 def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -58,14 +71,17 @@ def mean(values: list[float]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--choose", choices=sorted(CHOICES), default="loss")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a setting every variant shares, e.g. bce_in_every_branch=true (repeatable)")
     parser.add_argument("--sizes", default="5,10,15")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_choice.json")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    variants = CHOICES[args.choose]
+    shared = dict(_setting(text) for text in args.set)
+    variants = {name: {**shared, **settings} for name, settings in CHOICES[args.choose].items()}
     record = {**provenance(), "choose": args.choose, "sizes": sizes, "repeats": args.repeats, "preset": "quick",
-              "arms": ["finetune"],
+              "arms": ["finetune"], "shared_settings": shared,
               "decision_metric": "mean val_dice_dataset2 over data sets, sizes and repeats", "variants": {}}
     for name, settings in variants.items():
         per_data = {}

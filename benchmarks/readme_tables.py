@@ -63,11 +63,13 @@ def choice_table(record: dict) -> str:
         cells = [f"{v['mean_val_dice_dataset2']:.3f} / {v['mean_test_dice_dataset1']:.3f} / "
                  f"{v['mean_test_dice_dataset2']:.3f} ({len(v.get('degenerate_on_validation', {}))} of "
                  f"{sum(k.startswith('finetune') for k in v['runs'])})" for v in variant["data"].values()]
-        mark = " (chosen)" if name == record["chosen"] else ""
+        mark = " (best on validation)" if name == record["chosen"] else ""
         lines.append(f"| `{name}`{mark} | {variant['validation_score']:.3f} | " + " | ".join(cells) + " |")
+    shared = ", ".join(f"{k}={v}" for k, v in record.get("shared_settings", {}).items())
     return "\n".join([
-        f"Quick preset, fine-tuning arm, sizes {', '.join(map(str, record['sizes']))}, {record['repeats']} repeats "
-        f"({_machine(record)}); `{record['command']}`.", "", *lines])
+        f"Quick preset{' with ' + shared if shared else ''}, fine-tuning arm, sizes "
+        f"{', '.join(map(str, record['sizes']))}, {record['repeats']} repeats ({_machine(record)}); "
+        f"`{record['command']}`.", "", *lines])
 
 
 def speed_table(record: dict) -> str:

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 out=benchmarks/results
-$py benchmarks/choose_defaults.py --choose lr --out $out/quick_lr_choice.json
+$py benchmarks/choose_defaults.py --choose lr --set loss_scope=patch --set bce_in_every_branch=true --out $out/quick_lr_choice_with_fix.json
 $py benchmarks/choose_defaults.py --choose loss --out $out/loss_choice.json
 $py benchmarks/study_results.py --data built-in --out $out/study-quick-built-in.json
 $py benchmarks/study_results.py --data built-in --out $out/study-quick-built-in-again.json   # repeatability

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, RegistryConfig, ReportConfig, StudyConfig,
-                          TrainConfig, TuneConfig, field_default, leaf_fields)
+                          TrainConfig, TuneConfig)
 from segft.data.readers import DataError
+from segft.mlproject import field_default, leaf_fields
 from segft.presets import preset_train_config
 
 

@@ -8,10 +8,7 @@ name (``field_name``); ``tests/test_config.py`` checks that the three agree.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
 
 #: Model architectures by name (built by ``segft.models.build_model``).
@@ -418,18 +415,3 @@ class TuneConfig:
             raise ValueError(f"n_trials, timeout and pruner_startup_trials must be >= 0, got {self.n_trials}, "
                              f"{self.timeout}, {self.pruner_startup_trials}")
 
-
-def leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
-    """(field, resolved type) of every non-dataclass field of ``cls``, nested dataclasses flattened in order: the
-    settings a command exposes as flags and MLproject parameters."""
-    hints = typing.get_type_hints(cls)
-    leaves = []
-    for item in dataclasses.fields(cls):
-        kind = hints[item.name]
-        leaves.extend(leaf_fields(kind) if dataclasses.is_dataclass(kind) else [(item, kind)])
-    return leaves
-
-
-def field_default(item: dataclasses.Field) -> Any:
-    """A field's default value (calling its default factory)."""
-    return item.default_factory() if item.default is dataclasses.MISSING else item.default

@@ -8,8 +8,12 @@ come from its preset.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from typing import Any
+
 from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig, field_default, leaf_fields)
+                          TuneConfig)
 
 #: entry point -> (segft command, config class, fields that do not apply, comment)
 ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
@@ -32,6 +36,22 @@ conda_env: conda.yaml
 
 entry_points:
 """
+
+
+def leaf_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    """(field, resolved type) of every non-dataclass field of ``cls``, nested dataclasses flattened in order: the
+    settings a command exposes as flags and MLproject parameters."""
+    hints = typing.get_type_hints(cls)
+    leaves = []
+    for item in dataclasses.fields(cls):
+        kind = hints[item.name]
+        leaves.extend(leaf_fields(kind) if dataclasses.is_dataclass(kind) else [(item, kind)])
+    return leaves
+
+
+def field_default(item: dataclasses.Field) -> Any:
+    """A field's default value (calling its default factory)."""
+    return item.default_factory() if item.default is dataclasses.MISSING else item.default
 
 
 def mlproject_default(value: object) -> object:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from segft.cli import _leaf_fields, build_parser, config_from_args
-from segft.config import field_default as _default
+from segft.mlproject import field_default as _default
 from segft.config import (BaseConfig, FinetuneConfig, ModelConfig, PredictConfig, ReportConfig, StudyConfig,
                           TrainConfig, TuneConfig)
 from segft.mlproject import render
