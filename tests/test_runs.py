@@ -98,7 +98,7 @@ KEY_CHANGES = [  # what differs from tiny_train, as TrainConfig replacements
     ("epochs", {"epochs": 2}),
     ("lr", {"lr": 1e-4}),
     ("seed", {"seed": 1}),
-    ("loss", {"loss": LossConfig(loss_scope="batch")}),
+    ("loss", {"loss": LossConfig(loss_scope="patch")}),
     ("arch", {"model": ModelConfig(arch="paulow")}),
     ("encoder", {"model": ModelConfig(encoder="resnet34", encoder_depth=3, decoder_channels=(16, 8, 4))}),
 ]
