@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from segft.schema import ARM_TAG, EVALUATION_CSV, RAW_ARM, ROLE_STUDY, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
+from segft.schema import ARM_TAG, EVALUATION_CSV, ROLE_STUDY, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
 TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
 #: Per-image columns a tidy table carries when the runs logged them: pixel counts and the mask's digest.
 COUNT_COLUMNS = ["tp", "fp", "fn", "prediction_digest"]

@@ -38,6 +38,7 @@ DATA = {"built-in": "", "dsb2018-two-domains": str(ROOT.parent / "shared" / "dat
 
 
 def run_variant(data_dir: str, settings: dict, sizes: tuple[int, ...], repeats: int) -> dict:
+    from segft import quality, schema
     from segft.config import StudyConfig
     from segft.presets import preset_train_config
     from segft.study import run_study
@@ -48,8 +49,9 @@ def run_variant(data_dir: str, settings: dict, sizes: tuple[int, ...], repeats: 
     start = time.perf_counter()
     result = run_study(config)
     runs = {key: {**r.val_metrics, **r.test_metrics} for key, r in result.runs.items()}
-    degenerate = {key: r.val_metrics.get("val_fg_ratio_dataset2") for key, r in result.runs.items()
-                  if key.startswith("finetune") and not 1 / 3 <= r.val_metrics.get("val_fg_ratio_dataset2", 1) <= 3}
+    ratio = schema.metric_name(schema.VALIDATION, "fg_ratio", schema.DATASET2)
+    degenerate = {key: r.val_metrics[ratio] for key, r in result.runs.items()
+                  if ratio in r.val_metrics and quality.ratio_problem(r.val_metrics[ratio], "validation images")}
     return {"wall_s": round(time.perf_counter() - start, 1), "runs": runs, "degenerate_on_validation": degenerate}
 
 

@@ -214,13 +214,13 @@ def _search_all(filter_string: str) -> list[mlflow.entities.Run]:
 
 
 def finished_study_runs(study_id: str) -> dict[str, mlflow.entities.Run]:
-    """The study's child runs that finished, by their ``segft.run_key`` (newest wins)."""
+    """The study's child runs that finished, by their ``segft.run_key`` (newest wins). A trained run tags its
+    model before it finishes, so every finished trained run has one; the threshold arm has none to tag."""
     runs = _search_all(f"tags.`{schema.STUDY_TAG}` = '{study_id}' and attributes.status = 'FINISHED'")
     found: dict[str, mlflow.entities.Run] = {}
     for run in runs:
-        tags = run.data.tags
-        key = tags.get(schema.RUN_KEY_TAG)
-        if key and key not in found and (schema.MODEL_URI_TAG in tags or tags.get(schema.ARM_TAG) == schema.THRESHOLD_ARM):
+        key = run.data.tags.get(schema.RUN_KEY_TAG)
+        if key and key not in found:
             found[key] = run
     return found
 

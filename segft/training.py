@@ -20,7 +20,7 @@ from segft.config import TrainConfig
 from segft.data.imageset import ImageSet
 from segft.data.normalize import normalize_image
 from segft.data.patches import extract_patches
-from segft.inference import SlidingWindowSegmenter, resolve_autocast
+from segft.inference import resolve_autocast
 from segft.losses import BRANCHES, DynamicLoss
 from segft.metrics import Counts, confusion_counts
 from segft.quality import prediction_digest
