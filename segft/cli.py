@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -185,6 +187,13 @@ def _write_synthetic(args: argparse.Namespace) -> None:
     print(f"wrote the synthetic microtube study to {out} (use it with --data-dir {out})")
 
 
+def _list_encoders(args: argparse.Namespace) -> None:
+    from segft.models.model import encoder_names
+
+    names = [name for name in encoder_names(include_timm=args.timm) if args.filter.lower() in name.lower()]
+    print("\n".join(names))
+
+
 def _write_mlproject(args: argparse.Namespace) -> None:
     from segft.mlproject import render
 
@@ -215,19 +224,68 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="folder to create (must not exist or be empty)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0, the built-in data)")
     synth.set_defaults(handler=_write_synthetic)
+    encoders = commands.add_parser("encoders", help="list the encoder names --encoder takes")
+    encoders.add_argument("--timm", action="store_true", help="also list timm's encoders (tu-<name>, over 1,000)")
+    encoders.add_argument("--filter", default="", help="only names containing this text (any case)")
+    encoders.set_defaults(handler=_list_encoders)
     mlproject = commands.add_parser("mlproject", help="write the MLproject file from the config dataclasses")
     mlproject.add_argument("--out", type=Path, default=Path("MLproject"), help="file to write (default: MLproject)")
     mlproject.set_defaults(handler=_write_mlproject)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``segft`` console script. Bad input ends with a one-line error and exit status 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        args.handler(args)
-    except (DataError, ValueError, KeyError) as error:
-        print(f"segft: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+#: Longest error line ``main`` prints; longer messages are cut (the cause stays on the exception chain).
+MAX_ERROR_LENGTH = 300
+#: Commands that read or write a tracking store (their ``MLFLOW_TRACKING_URI`` is checked first).
+TRACKING_COMMANDS = ("base", "finetune", "study", "analyze", "report", "tune", "predict")
 
+
+def one_line(error: BaseException) -> str:
+    """An error as one line of at most ``MAX_ERROR_LENGTH`` characters, secrets in URLs hidden. A ``KeyError``
+    (whose ``str`` is its key, quoted) shows its argument."""
+    from segft.urls import redact
+
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = redact(" ".join(text.split())) or type(error).__name__
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 4] + " ..."
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input, files, settings or environment cause; anything else is a bug and keeps its traceback."""
+    from mlflow.exceptions import MlflowException
+
+    return DataError, ValueError, KeyError, OSError, MlflowException
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segft`` console script.
+
+    Exit status: 0 done; 2 a user error (bad input, file, setting or missing dependency), printed as one line;
+    130 (SIGINT) or 143 (SIGTERM): interrupted, the active MLflow runs ended KILLED.
+    """
+    args = build_parser().parse_args(argv)
+    received = []
+
+    def interrupt(signum: int, frame) -> None:
+        """SIGTERM (``timeout``, job schedulers) ends a command as Ctrl-C does: the active runs end KILLED."""
+        received.append(signal.Signals(signum))
+        raise KeyboardInterrupt(received[-1].name)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if args.command in TRACKING_COMMANDS:
+            from segft.urls import require_driver
+
+            require_driver(os.environ.get("MLFLOW_TRACKING_URI", ""), "MLFLOW_TRACKING_URI")
+        args.handler(args)
+    except KeyboardInterrupt:
+        number = received[0] if received else signal.SIGINT
+        print(f"segft: interrupted by {number.name}; its MLflow runs ended KILLED", file=sys.stderr)
+        return 128 + number
+    except _user_errors() as error:
+        print(f"segft: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 0

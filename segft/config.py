@@ -8,8 +8,21 @@ name (``field_name``); ``tests/test_config.py`` checks that the three agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
+
+def refuse_non_finite(config: object) -> None:
+    """Refuse a NaN or infinite number in any field of a config dataclass (``--lr nan`` would pass every range
+    check, since comparisons with NaN are false, and poison training).
+
+    Raises:
+        ValueError: Naming the field.
+    """
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{item.name} must be a finite number, got {value}")
 
 #: Model architectures by name (built by ``segft.models.build_model``).
 ARCHITECTURES = ("attention_unet", "paulow")
@@ -90,6 +103,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         """Raises ValueError for an unknown scope or a ``small_foreground`` outside (0, 1]."""
+        refuse_non_finite(self)
         if self.loss_scope not in LOSS_SCOPES:
             raise ValueError(f"unknown loss_scope {self.loss_scope!r}; choose from {list(LOSS_SCOPES)}")
         if not 0 < self.small_foreground <= 1:
@@ -166,6 +180,7 @@ class TrainConfig:
             ValueError: For non-positive epochs, batch size or learning rate, an overlap outside [0, 1), an
                 unknown freeze, step or autocast mode, or a patch size the encoder cannot halve ``encoder_depth`` times.
         """
+        refuse_non_finite(self)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if not 0 <= self.overlap < 1:
@@ -263,6 +278,7 @@ class StudyConfig:
     report_dir: str = "segft-report"
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         unknown = sorted(set(self.arms) - set(ARMS))
         if unknown or not self.arms:
             raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
@@ -315,6 +331,7 @@ class PredictConfig:
             ValueError: For an unknown format or autocast mode, an overlap outside [0, 1), a threshold outside
                 [0, 1] or a batch size below 1.
         """
+        refuse_non_finite(self)
         if self.format not in MASK_FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose from {list(MASK_FORMATS)}")
         if self.autocast not in AUTOCAST_MODES:
@@ -403,6 +420,7 @@ class TuneConfig:
             ValueError: For an unknown target or pruner, a search range that is not ``0 < lr_min < lr_max``,
                 or negative counts.
         """
+        refuse_non_finite(self)
         if self.target not in TUNE_TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose from {list(TUNE_TARGETS)}")
         if self.pruner not in PRUNERS:

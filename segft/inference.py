@@ -1,6 +1,8 @@
 """Sliding-window prediction of a whole image with overlapping, Gaussian-blended patches.
 
 The same shape as MONAI's ``sliding_window_inference`` / ``SlidingWindowInferer``, far shorter: 2-D, one channel.
+Windows are cut, predicted and blended one batch at a time, so memory holds the image, three image-sized float32
+arrays (padded image, weighted sum, weight sum) and one batch, however many windows the image has.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch import nn
 
 from segft.config import AUTOCAST_MODES
 from segft.data.normalize import normalize_image
-from segft.data.patches import extract_patches, gaussian_weight, stitch
+from segft.data.patches import gaussian_weight, grid, pad_to
 
 
 def resolve_autocast(mode: str, device: torch.device | str) -> bool:
@@ -65,15 +67,23 @@ def sliding_window_predict(
     Returns:
         (H, W) float32 probabilities in [0, 1].
     """
-    patches, origins = extract_patches(image.astype(np.float32), patch_size, window_stride(patch_size, overlap))
+    origins, padded_shape = grid(image.shape, patch_size, window_stride(patch_size, overlap))
+    padded = pad_to(image.astype(np.float32, copy=False), padded_shape)
+    weight = gaussian_weight(patch_size)
+    weighted_sum = np.zeros(padded_shape, np.float32)
+    weight_sum = np.zeros(padded_shape, np.float32)
     device = torch.device(device)
-    probabilities = []
-    for start in range(0, len(patches), batch_size):
-        batch = torch.from_numpy(patches[start : start + batch_size, None]).to(device)
+    for start in range(0, len(origins), batch_size):
+        batch_origins = origins[start : start + batch_size]
+        windows = np.stack([padded[r : r + patch_size, c : c + patch_size] for r, c in batch_origins])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(batch)
-        probabilities.append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
-    return stitch(np.concatenate(probabilities), origins, image.shape, gaussian_weight(patch_size))
+            logits = model(torch.from_numpy(windows[:, None]).to(device))
+        probabilities = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        for probability, (r, c) in zip(probabilities, batch_origins):
+            weighted_sum[r : r + patch_size, c : c + patch_size] += probability * weight
+            weight_sum[r : r + patch_size, c : c + patch_size] += weight
+    weighted_sum /= weight_sum  # in place: no fourth image-sized array
+    return weighted_sum[: image.shape[0], : image.shape[1]]
 
 
 @dataclass(frozen=True)

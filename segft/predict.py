@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from segft import tracking
 from segft.config import PredictConfig
 from segft.data.dataset import natural_key
-from segft.data.readers import DataError, is_image_file, read_images
+from segft.data.readers import DataError, image_files, is_image_file, read_images
 from segft.overlays import contour_overlay, mask_png
+from segft.pyfunc import require_segft_model
 
 MASK_SUFFIX = "_mask"
 OVERLAY_SUFFIX = "_overlay"
@@ -52,7 +53,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if is_image_file(p)), key=lambda p: (natural_key(p.stem), p.name))
+        files = sorted(image_files(path), key=lambda p: (natural_key(p.stem), p.name))
         if not files:
             raise DataError(f"{path}: holds no image file (PNG, JPEG or TIFF)")
         stems: dict[str, Path] = {}
@@ -62,7 +63,7 @@ def list_inputs(path: str | Path) -> list[Path]:
             stems[file.stem] = file
         return files
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: {'a broken symbolic link' if path.is_symlink() else 'no such file or folder'}")
     if not is_image_file(path):
         raise DataError(f"{path}: not an image file (PNG, JPEG or TIFF)")
     return [path]
@@ -77,8 +78,8 @@ def predict(config: PredictConfig) -> list[Prediction]:
     """Segment every input of ``config`` and write its masks (and overlays) into ``config.output``.
 
     Raises:
-        ValueError: If input or output is missing, the output folder is the input folder, or the model cannot
-            be loaded (``segft.checkpoint.CheckpointError`` for a tampered checkpoint).
+        ValueError: If input or output is missing, the output is the input folder or a file, or the model cannot
+            be loaded or is not a segft model (``segft.checkpoint.CheckpointError`` for a tampered checkpoint).
         DataError: For unreadable inputs (see ``list_inputs`` and ``segft.data.readers``).
     """
     if not config.input or not config.output:
@@ -89,7 +90,11 @@ def predict(config: PredictConfig) -> list[Prediction]:
     if Path(config.input).is_dir() and output.resolve() == Path(config.input).resolve():
         raise ValueError(f"{output}: the output folder is the input folder; choose another one (inputs are never "
                          "written, and masks there would be read as inputs next time)")
+    if output.exists() and not output.is_dir():
+        what = "the input file" if output.resolve() in protected else "a file"
+        raise ValueError(f"{output}: --output is {what}, not a folder; give a folder for the masks")
     model = tracking.load_model(config.model, {"device": config.device, "autocast": config.autocast})
+    require_segft_model(model, config.model)
     params = {"overlap": config.overlap, "threshold": config.threshold, "batch_size": config.batch_size}
     output.mkdir(parents=True, exist_ok=True)
     written = []

@@ -31,6 +31,7 @@ from segft.device import resolve_device
 from segft.inference import SlidingWindowSegmenter
 from segft.metrics import dataset_metrics
 from segft.models import build_model
+from segft.models.model import check_model_config
 from segft.models.freezing import freeze
 from segft.overlays import mask_png, overlay, to_grey
 from segft.pyfunc import pyfunc_arguments
@@ -68,18 +69,21 @@ class Prepared:
 
 
 def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
-    """Load and validate the data (``config.data_dir``, or the built-in data), split it, check that the pool
-    holds every size in ``n_images`` (the one place that does), digest it and resolve the device.
+    """Resolve the device, check the model settings, load and validate the data (``config.data_dir``, or the
+    built-in data), split it, check that the pool holds every size in ``n_images`` (the one place that does) and
+    digest it: every user error surfaces here, before any MLflow run exists.
 
     Raises:
         DataError: For bad files or too few images, in one line naming the culprit.
-        ValueError: For an unavailable device.
+        ValueError: For a model that cannot be built (unknown encoder...) or an unavailable device.
     """
+    device = resolve_device(config.device)
+    check_model_config(config.model)
     data = load_data(config.data_dir)
     split = split_study(data, config.split)
     for n in n_images:
         split.finetune_subset(n)
-    return Prepared(data, split, data.digest(), resolve_device(config.device))
+    return Prepared(data, split, data.digest(), device)
 
 
 @dataclass(frozen=True)

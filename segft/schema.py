@@ -25,6 +25,15 @@ TRIAL_NUMBER_TAG = "segft.trial_number"
 #: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
 TRIAL_STATE_TAG = "segft.trial_state"
 BEST_TRIAL_TAG = "segft.best_trial"
+#: The process that runs a run (host name, pid, the pid's start time): a resumed study or tuning marks its runs
+#: that are RUNNING while that process is gone as FAILED (``segft.tracking.fail_dead_runs``).
+HOST_TAG = "segft.host"
+PID_TAG = "segft.pid"
+PID_STARTED_TAG = "segft.pid_started"
+#: Why a run ended FAILED or KILLED, in one line.
+ERROR_TAG = "segft.error"
+#: On a registered model version: the status of its run when that run did not finish (never reused or aliased).
+UNFINISHED_RUN_TAG = "segft.unfinished_run"
 BEST_RUN_ID_TAG = "segft.best_run_id"
 
 # ---- roles (tag ``segft.role``) and arms (tag ``segft.arm``)

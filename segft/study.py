@@ -136,11 +136,16 @@ class StudyResult:
 
 
 def run_study(config: StudyConfig) -> StudyResult:
-    """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts."""
+    """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts.
+
+    A resumed study first marks its runs that an earlier, killed start left RUNNING as FAILED
+    (``tracking.fail_dead_runs``), then reuses every finished run and trains the others again.
+    """
     train = config.train
     prepared = prepare(train, config.sizes)
     sid = study_id(config, prepared.digest)
     plan = plan_runs(config, len(prepared.split.finetune_pool))
+    tracking.fail_dead_runs(f"tags.`{schema.STUDY_TAG}` = '{sid}'")  # an earlier start killed mid-run
     finished = {key: _as_result(run) for key, run in tracking.finished_study_runs(sid).items()}
     parent_tags = {schema.ROLE_TAG: schema.ROLE_STUDY, schema.STUDY_TAG: sid, schema.DIGEST_TAG: prepared.digest}
     results: dict[str, RunResult] = {}

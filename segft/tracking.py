@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +22,12 @@ from typing import Iterator
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_RUN_ID
 
 from segft import schema
+from segft.urls import redact
 
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
@@ -45,7 +49,11 @@ def flatten_config(config: object) -> dict[str, object]:
 def start_run(
     run_name: str, tags: dict[str, str], new_run: bool = False, nested: bool = False, run_id: str | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, adopt) a run; it ends FINISHED, or FAILED if the block raises.
+    """Start (or, under ``mlflow run``, adopt) a run; it always ends in a final state: FINISHED, FAILED if the
+    block raises (tag ``segft.error`` says why), KILLED on Ctrl-C or SIGTERM (``segft.cli`` turns SIGTERM into
+    ``KeyboardInterrupt``). A model version registered by a run that did not finish is tagged
+    ``segft.unfinished_run`` and never reused. The run is tagged with its process (``process_tags``), so that
+    a resumed study can tell a dead RUNNING run from a live one (``fail_dead_runs``).
 
     Args:
         run_name: Shown in the MLflow UI.
@@ -55,6 +63,7 @@ def start_run(
         nested: Start a child of the active run.
         run_id: Resume this run (a study's parent run when the study is started again).
     """
+    tags = {**{key: redact(str(value)) for key, value in tags.items()}, **process_tags()}
     if new_run:
         experiment_id = mlflow.tracking.fluent._get_experiment_id()
         run_id = MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
@@ -64,11 +73,80 @@ def start_run(
         # there, and the next nested start_run would adopt it instead of creating a child.
         MLFLOW_RUN_ID.unset()
     with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags) as run:
-        yield run
+        if resumed:
+            mlflow.set_tags(tags)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            _end_unfinished(run.info.run_id, "KILLED", "interrupted (SIGINT or SIGTERM)")
+            raise
+        except Exception as error:
+            _end_unfinished(run.info.run_id, "FAILED", f"{type(error).__name__}: {error}")
+            raise
+
+
+def process_tags() -> dict[str, str]:
+    """This process as run tags: host name, pid and the pid's start time (a pid may be reused later)."""
+    return {schema.HOST_TAG: socket.gethostname(), schema.PID_TAG: str(os.getpid()),
+            schema.PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name is known to be gone: it ran on this host and its pid is no longer
+    running, or now belongs to a process started at another time. A run of another host is never known gone."""
+    if tags.get(schema.HOST_TAG) != socket.gethostname() or not tags.get(schema.PID_TAG, "").isdigit():
+        return False
+    try:
+        started = psutil.Process(int(tags[schema.PID_TAG])).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    return abs(started - float(tags.get(schema.PID_STARTED_TAG, "nan"))) > 0.5
+
+
+def _end_unfinished(run_id: str, status: str, reason: str) -> None:
+    """End the active run with ``status``, saying why, and retire the model versions it registered; nothing
+    when the block already ended it (a pruned trial ends KILLED by itself)."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return
+    mlflow.set_tag(schema.ERROR_TAG, redact((reason.splitlines() or [""])[0])[:500])
+    retire_model_versions(run_id, status)
+    mlflow.end_run(status)
+
+
+def retire_model_versions(run_id: str, status: str) -> list[str]:
+    """Tag every model version registered by run ``run_id`` with ``segft.unfinished_run = <status>``; those
+    versions are never reused or aliased. Returns their ``models:/<name>/<version>`` URIs."""
+    client = MlflowClient()
+    retired = []
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.set_model_version_tag(version.name, version.version, schema.UNFINISHED_RUN_TAG, status)
+        retired.append(f"models:/{version.name}/{version.version}")
+    return retired
+
+
+def fail_dead_runs(filter_string: str) -> list[str]:
+    """Mark the RUNNING runs matching ``filter_string`` whose process is gone (``process_gone``) as FAILED, and
+    retire their model versions. A study or a tuning calls this on its own runs when it is started again.
+
+    Returns:
+        The ids of the runs marked.
+    """
+    client = MlflowClient()
+    marked = []
+    for run in _search_all(f"{filter_string} and attributes.status = 'RUNNING'"):
+        if process_gone(run.data.tags):
+            host, pid = run.data.tags[schema.HOST_TAG], run.data.tags[schema.PID_TAG]
+            client.set_tag(run.info.run_id, schema.ERROR_TAG, f"process {pid} on {host} ended without ending the run")
+            retire_model_versions(run.info.run_id, "FAILED")
+            client.set_terminated(run.info.run_id, "FAILED")
+            marked.append(run.info.run_id)
+    return marked
 
 
 def log_params(params: dict[str, object]) -> None:
-    """Log parameters; values over MLflow's length limit are replaced by a pointer to ``split.json``.
+    """Log parameters, secrets in URLs hidden (``segft.urls.redact``); values over MLflow's length limit are
+    replaced by a pointer to ``split.json``.
 
     Parameters ``mlflow run`` already logged from the MLproject (the same values, shell-quoted where empty) are
     left as they are: MLflow refuses to change a logged parameter.
@@ -77,7 +155,7 @@ def log_params(params: dict[str, object]) -> None:
     logged = MlflowClient().get_run(run.info.run_id).data.params
     mlflow.log_params(
         {
-            key: value if len(str(value)) <= MAX_PARAM_LENGTH else "(see split.json)"
+            key: redact(str(value)) if len(str(value)) <= MAX_PARAM_LENGTH else "(see split.json)"
             for key, value in params.items()
             if key not in logged
         }
@@ -138,12 +216,16 @@ def set_model_alias(model_uri: str, alias: str) -> None:
     """Point ``alias`` of a registered model at the version ``models:/<name>/<version>`` (moving it if set).
 
     Raises:
-        ValueError: If ``model_uri`` is not of that form.
+        ValueError: If ``model_uri`` is not of that form, or its run did not finish.
     """
     name, _, version = model_uri.removeprefix("models:/").partition("/")
     if not model_uri.startswith("models:/") or not version.isdigit():
         raise ValueError(f"expected a registered model version models:/<name>/<version>, got {model_uri!r}")
-    MlflowClient().set_registered_model_alias(name, alias, version)
+    client = MlflowClient()
+    unfinished = client.get_model_version(name, version).tags.get(schema.UNFINISHED_RUN_TAG)
+    if unfinished:
+        raise ValueError(f"{model_uri}: its run ended {unfinished}; a model of an unfinished run is never aliased")
+    client.set_registered_model_alias(name, alias, version)
 
 
 def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> mlflow.pyfunc.PyFuncModel:
@@ -186,17 +268,19 @@ def set_model_uri_tag(model_uri: str) -> None:
 
 
 def find_model_version(name: str, tags: dict[str, str]) -> str | None:
-    """URI of the newest version of registered model ``name`` whose tags include ``tags``, or None."""
+    """URI of the newest version of registered model ``name`` whose tags include ``tags`` and whose run
+    finished (a version of a failed, killed or still running run is never reused), or None."""
     client = MlflowClient()
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    matching = [v for v in versions if all(v.tags.get(k) == value for k, value in tags.items())]
-    if not matching:
-        return None
-    newest = max(matching, key=lambda v: int(v.version))
-    return f"models:/{name}/{newest.version}"
+    matching = [v for v in versions if all(v.tags.get(k) == value for k, value in tags.items())
+                and schema.UNFINISHED_RUN_TAG not in v.tags]
+    for version in sorted(matching, key=lambda v: -int(v.version)):
+        if client.get_run(version.run_id).info.status == "FINISHED":
+            return f"models:/{name}/{version.version}"
+    return None
 
 
 def _search_all(filter_string: str) -> list[mlflow.entities.Run]:
@@ -289,8 +373,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    """Set tags on the active run."""
-    mlflow.set_tags(tags)
+    """Set tags on the active run, secrets in URLs hidden."""
+    mlflow.set_tags({key: redact(str(value)) for key, value in tags.items()})
 
 
 def end_run(status: str, tags: dict[str, str]) -> None:

@@ -67,25 +67,41 @@ class EpochLog:
     branch_counts: dict[str, int]
 
 
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step where it first did."""
+
+
 def train_epoch(
-    step: StepFn, patches: Patches, batch_size: int, generator: torch.Generator
+    step: StepFn, patches: Patches, batch_size: int, generator: torch.Generator, epoch: int = 0
 ) -> tuple[float, dict[str, int]]:
     """One pass over the patches in a random order; returns the mean loss and the branch counts.
 
-    Batches are gathered from the device-resident patches on the device; loss and branch counts are accumulated
-    there and read once at the end of the epoch (no per-step host sync, no per-step disk or host I/O).
+    Batches are gathered from the device-resident patches on the device; each step's loss and the branch counts
+    are kept there and read once at the end of the epoch (no per-step host sync, no per-step disk or host I/O).
+
+    Raises:
+        NonFiniteLossError: If any step's loss was NaN or infinite (checked at the end of the epoch, since
+            checking every step would sync with the device); the message names the first such step.
     """
     device = patches.images.device
     order = torch.randperm(len(patches), generator=generator).to(device)
-    total = torch.zeros((), device=device)
+    starts = range(0, len(order), batch_size)
+    losses = torch.zeros(len(starts), device=device)
+    batch_sizes = torch.tensor([min(batch_size, len(order) - start) for start in starts], device=device)
     counts = torch.zeros(len(BRANCHES), dtype=torch.long, device=device)
     branch_ids = torch.arange(len(BRANCHES), device=device)
-    for start in range(0, len(order), batch_size):
+    for number, start in enumerate(starts):
         index = order[start : start + batch_size]
         loss, branch = step(patches.images[index], patches.masks[index])
-        total += loss * len(index)
+        losses[number] = loss
         counts += (branch[:, None] == branch_ids).sum(dim=0)  # not bincount: it syncs with the host on CUDA
-    return total.item() / len(patches), dict(zip(BRANCHES, counts.tolist()))
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise NonFiniteLossError(
+            f"the training loss became {losses[first].item():g} at epoch {epoch + 1}, step {first + 1} of "
+            f"{len(starts)}; stopped, no model registered (lower --lr, or check the data)")
+    return (losses * batch_sizes).sum().item() / len(patches), dict(zip(BRANCHES, counts.tolist()))
 
 
 def train(
@@ -110,6 +126,7 @@ def train(
     Raises:
         ValueError: If there are no patches, the batch size or epochs are not positive, or the step mode does
             not fit the device.
+        NonFiniteLossError: At the end of the first epoch with a NaN or infinite loss.
     """
     if len(patches) == 0:
         raise ValueError("no training patches")
@@ -121,7 +138,7 @@ def train(
     progress = tqdm(range(config.epochs), desc=description, unit="epoch")
     for epoch in progress:
         model.train()  # on_epoch may have evaluated the model
-        loss, counts = train_epoch(step, patches, config.batch_size, generator)
+        loss, counts = train_epoch(step, patches, config.batch_size, generator, epoch)
         log = EpochLog(epoch=epoch, loss=loss, branch_counts=counts)
         progress.set_postfix(loss=f"{loss:.4f}")
         on_epoch(log)

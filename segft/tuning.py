@@ -34,6 +34,7 @@ from segft.inference import SlidingWindowSegmenter
 from segft.runs import (BaseModel, RunResult, base_model_or_train, fresh_model, model_from_base, prepare, run_base,
                         run_finetune)
 from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, train
+from segft.urls import redact, require_driver, storage_with_password
 
 #: Share of Dataset 1's training images held out to validate base-training trials (at least one image).
 VALIDATION_FRACTION = 0.2
@@ -98,6 +99,22 @@ def tuning_sets(split: StudySplit, target: str, n_images: int) -> tuple[ImageSet
     return images.subset(range(n_train)), images.subset(range(n_train, len(images)))
 
 
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's database storage at ``url``, with heartbeats (a killed worker's trial is marked FAIL).
+
+    Raises:
+        ValueError: In one line, password hidden: the database driver is missing or the database cannot be opened.
+    """
+    require_driver(url, "storage")
+    with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S)
+        except Exception as error:  # SQLAlchemy's OperationalError, ArgumentError...: the URL's fault, not ours
+            reason = redact((str(error).splitlines() or [type(error).__name__])[0])[:200]
+            raise ValueError(f"storage {redact(url)!r}: cannot open it ({reason})") from error
+
+
 def make_pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
     """The pruner named by ``config.pruner``; steps are epochs trained, so Hyperband's resources are epochs."""
     if config.pruner == "median":
@@ -106,17 +123,6 @@ def make_pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=min(config.report_every, config.train.epochs),
                                               max_resource=config.train.epochs)
     return optuna.pruners.NopPruner()
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 @dataclass(frozen=True)
@@ -240,6 +246,8 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
             asked for while no trial of the study has completed.
     """
     train_config = config.train
+    storage_url = storage_with_password(config.storage) if config.storage else default_storage(tracking.tracking_uri())
+    storage = open_storage(storage_url)  # before any training: a bad storage must not cost a base model first
     prepared = prepare(train_config)
     split, digest, device = prepared.split, prepared.digest, prepared.device
     train_set, validation = tuning_sets(split, config.target, config.n_images)
@@ -249,11 +257,7 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
         model_config = base.model_config
     base_uri = base.uri if base else ""
     study_name = config.study_name or default_study_name(config.target, config.n_images, digest)
-    storage_url = config.storage or default_storage(tracking.tracking_uri())
-    with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                             grace_period=GRACE_PERIOD_S)
+    tracking.fail_dead_runs(f"tags.`{schema.TUNING_STUDY_TAG}` = '{study_name}'")
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                 pruner=pruner or make_pruner(config), load_if_exists=True)
     _check_settings(study, _study_settings(config, base_uri), redact(storage_url))

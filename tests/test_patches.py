@@ -1,5 +1,6 @@
-"""Tests for segft.data.patches (grid, padding, extraction, stitching, blending weight) and
-segft.data.normalize."""
+"""Tests for segft.data.patches (grid, padding, extraction, blending weight) and segft.data.normalize.
+
+Blending itself is tested with inference (tests/test_inference.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from segft.data.normalize import normalize_image
-from segft.data.patches import extract_patches, gaussian_weight, grid, pad_to, stitch, tile_origins
+from segft.data.patches import extract_patches, gaussian_weight, grid, pad_to, tile_origins
 
 TILE_CASES = [  # length, patch size, stride, expected origins
     (20, 32, 32, [0]),  # shorter than a patch: one padded patch
@@ -77,28 +78,6 @@ def test_grid_covers_the_whole_image(shape, patch_size, stride, count, padded):
     assert covered.all()  # the padded shape is exactly what the patches need
 
 
-ROUND_TRIP_CASES = [  # shape, patch size, stride
-    ((75, 43), 32, 32),
-    ((75, 43), 32, 16),
-    ((75, 43), 32, 11),
-    ((20, 13), 32, 32),  # smaller than one patch: padding beyond one reflection
-    ((1, 40), 16, 8),  # one-pixel axis: symmetric padding
-    ((64, 64), 32, 32),  # no padding at all
-]
-
-
-@pytest.mark.parametrize("shape, patch_size, stride", ROUND_TRIP_CASES)
-@pytest.mark.parametrize("weight", ["uniform", "gaussian"])
-def test_extract_then_stitch_reproduces_the_image(shape, patch_size, stride, weight):
-    image = np.random.default_rng(0).random(shape).astype(np.float32)
-    patches, origins = extract_patches(image, patch_size, stride)
-    assert patches.shape == (len(origins), patch_size, patch_size)
-    blend = None if weight == "uniform" else gaussian_weight(patch_size)
-    restored = stitch(patches, origins, shape, blend)
-    assert restored.shape == shape
-    assert np.allclose(restored, image, atol=1e-6)
-
-
 def test_extract_patches_cuts_at_the_origins():
     image = np.arange(75 * 43, dtype=np.float32).reshape(75, 43)
     patches, origins = extract_patches(image, 32, 16)
@@ -106,16 +85,6 @@ def test_extract_patches_cuts_at_the_origins():
     for patch, (r, c) in zip(patches, origins):
         inside = image[r : r + 32, c : c + 32]
         assert np.array_equal(patch[: inside.shape[0], : inside.shape[1]], inside)
-
-
-def test_stitch_averages_overlapping_patches_with_their_weights():
-    # two 2 x 2 patches on a 2 x 3 image, overlapping in the middle column
-    patches = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 4.0)]).astype(np.float32)
-    origins = [(0, 0), (0, 1)]
-    assert np.allclose(stitch(patches, origins, (2, 3)), [[1, 2.5, 4]] * 2)  # uniform: (1 + 4) / 2
-    weight = np.array([[1.0, 3.0], [1.0, 3.0]], np.float32)  # right column of each patch weighs 3
-    # middle column: first patch's right column (w 3, value 1) and second's left column (w 1, value 4)
-    assert np.allclose(stitch(patches, origins, (2, 3), weight), [[1, (3 * 1 + 1 * 4) / 4, 4]] * 2)
 
 
 PAD_CASES = [  # array, target shape, expected
@@ -150,7 +119,7 @@ def test_gaussian_weight_peaks_at_1_in_the_centre_and_is_positive_and_symmetric(
     weight = gaussian_weight(patch_size)
     assert weight.shape == (patch_size, patch_size) and weight.dtype == np.float32
     assert weight.max() == pytest.approx(1.0)
-    assert (weight >= 1e-3).all()  # every pixel keeps some weight, so stitching never divides by 0
+    assert (weight >= 1e-3).all()  # every pixel keeps some weight, so blending never divides by 0
     assert np.array_equal(weight, weight.T)
     assert np.array_equal(weight, weight[::-1]) and np.array_equal(weight, weight[:, ::-1])
     centre = (patch_size - 1) // 2

@@ -40,7 +40,11 @@ def test_only_the_run_pipeline_and_the_commands_import_tracking():
 
 def test_tracking_is_a_leaf():
     segft_imports = {m for m in imported_modules(ROOT / "segft" / "tracking.py") if m.startswith("segft")}
-    assert segft_imports <= {"segft", "segft.schema", "segft.config"}, segft_imports
+    assert segft_imports <= {"segft", "segft.schema", "segft.config", "segft.urls", "segft.urls.redact"}, segft_imports
+
+
+def test_urls_is_a_leaf():
+    assert not {m for m in imported_modules(ROOT / "segft" / "urls.py") if m.startswith("segft")}
 
 
 def test_schema_imports_nothing():

@@ -13,7 +13,8 @@ from segft import cli, tracking
 from segft.config import ModelConfig, SplitConfig, TrainConfig, TuneConfig
 from segft.data.split import split_study
 from segft.data.synthetic import make_microtube_study, write_study
-from segft.tuning import default_storage, make_pruner, redact, run_tuning, tuning_sets
+from segft.tuning import default_storage, make_pruner, run_tuning, tuning_sets
+from segft.urls import redact
 
 
 @pytest.fixture(scope="module")

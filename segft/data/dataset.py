@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from segft.data.imageset import ImageSet, StudyData
-from segft.data.readers import IMAGE_SUFFIXES, DataError, is_image_file, read_images, read_masks
+from segft.data.readers import IMAGE_SUFFIXES, DataError, image_files, read_images, read_masks
 
 INVERTED_FRACTION = 0.5
 """A mask page with more foreground than this is reported as probably inverted."""
@@ -54,7 +54,7 @@ def _files_by_stem(paths: list[Path], where: Path) -> dict[str, Path]:
 def _image_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; {_LAYOUT_HINT}")
-    files = _files_by_stem([path for path in folder.iterdir() if is_image_file(path)], folder)
+    files = _files_by_stem(image_files(folder), folder)
     if not files:
         raise DataError(f"{folder}: holds no image file ({' '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -64,7 +64,7 @@ def _find_pairs(folder: Path) -> list[tuple[str | None, Path, Path]]:
     """(stem, image file, mask file) in natural order; stem is None for the images.tif + masks.tif layout."""
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
-    stacks = [path for path in folder.iterdir() if is_image_file(path) and path.stem in ("images", "masks")]
+    stacks = [path for path in image_files(folder) if path.stem in ("images", "masks")]
     if stacks and not (folder / "images").is_dir() and not (folder / "masks").is_dir():
         stacks_by_stem = _files_by_stem(stacks, folder)
         for kind in ("images", "masks"):

@@ -1,8 +1,9 @@
-"""A grid of square patches covering a whole image, and stitching patches back into one image.
+"""A grid of square patches covering a whole image, and the weight that blends overlapping patches.
 
-Training cuts each image into ``patch_size`` patches on a grid with stride = patch size; inference uses a stride
-of ``patch_size * (1 - overlap)`` and blends overlapping predictions. In both cases the grid covers the whole
-image and the image is padded at its bottom and right border (reflection) so the last patch fits.
+Training cuts each image into ``patch_size`` patches on a grid with stride = patch size (``extract_patches``);
+inference walks the grid with a stride of ``patch_size * (1 - overlap)`` and blends overlapping predictions
+(``segft.inference``). In both cases the grid covers the whole image and the image is padded at its bottom and
+right border (reflection) so the last patch fits.
 """
 
 from __future__ import annotations
@@ -45,29 +46,6 @@ def extract_patches(array: np.ndarray, patch_size: int, stride: int) -> tuple[np
     padded = pad_to(array, padded_shape)
     patches = np.stack([padded[r : r + patch_size, c : c + patch_size] for r, c in origins])
     return patches, origins
-
-
-def stitch(
-    patches: np.ndarray, origins: list[tuple[int, int]], shape: tuple[int, int], weight: np.ndarray | None = None
-) -> np.ndarray:
-    """Weighted average of overlapping patches (N, p, p) placed at ``origins``, cropped to ``shape``.
-
-    Args:
-        patches: Patch values, for example probabilities.
-        origins: Where each patch starts, as returned by ``extract_patches``.
-        shape: The original image's (H, W).
-        weight: (p, p) blending weight of each patch pixel; uniform when None.
-    """
-    patch_size = patches.shape[-1]
-    weight = np.ones((patch_size, patch_size), np.float32) if weight is None else weight
-    height = max(r for r, _ in origins) + patch_size
-    width = max(c for _, c in origins) + patch_size
-    total = np.zeros((height, width), np.float32)
-    norm = np.zeros((height, width), np.float32)
-    for patch, (r, c) in zip(patches, origins):
-        total[r : r + patch_size, c : c + patch_size] += patch * weight
-        norm[r : r + patch_size, c : c + patch_size] += weight
-    return (total / norm)[: shape[0], : shape[1]]
 
 
 def gaussian_weight(patch_size: int, sigma_scale: float = 0.125) -> np.ndarray:

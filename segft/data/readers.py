@@ -22,6 +22,25 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (in no particular order), by ``is_image_file``'s rule.
+
+    Raises:
+        DataError: For an entry named like an image (``017.png``) that is a folder, a broken symbolic link or
+            another non-file: it is neither used nor silently skipped.
+    """
+    files = []
+    for path in Path(folder).iterdir():
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not path.is_file():
+            kind = ("a folder" if path.is_dir() else "a broken symbolic link" if path.is_symlink()
+                    else "not a regular file")
+            raise DataError(f"{path}: named like an image but is {kind}; rename or remove it")
+        files.append(path)
+    return files
+
+
 def read_pages(path: str | Path) -> list[np.ndarray]:
     """Every image stored in a file, as stored: (H, W) or (H, W, C) with colour channels in RGB(A) order.
 
@@ -100,6 +119,7 @@ def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
         * (H, W) kept; (H, W, 1) squeezed; an alpha channel (grey + alpha, RGBA) is ignored.
         * RGB whose three channels are equal (grey stored as colour): that channel, dtype unchanged.
         * Other RGB: luminance 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), computed in and returned as float32.
+        * NaN or infinite pixels are refused: no normalization, loss or prediction is defined on them.
 
     Args:
         page: One page from ``read_pages``: (H, W) or (H, W, C), channels in RGB(A) order.
@@ -109,7 +129,7 @@ def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
         An (H, W) array.
 
     Raises:
-        DataError: Unsupported dtype or shape.
+        DataError: Unsupported dtype or shape, or non-finite pixels (the message counts them).
     """
     page = _without_alpha(_supported_dtype(page, path), path)
     if page.ndim == 3 and page.shape[2] == 1:
@@ -117,6 +137,10 @@ def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
     elif page.ndim == 3:
         grey = np.array_equal(page[..., 0], page[..., 1]) and np.array_equal(page[..., 1], page[..., 2])
         page = page[..., 0] if grey else page.astype(np.float32) @ _BT601
+    if page.dtype.kind == "f" and not np.isfinite(page).all():
+        bad = page.size - int(np.isfinite(page).sum())
+        raise DataError(f"{path}: {bad} of {page.size} pixels are NaN or infinite; replace them (e.g. by the image's "
+                        "background value) before segmenting or training")
     return np.ascontiguousarray(page)
 
 

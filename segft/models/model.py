@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+
 import segmentation_models_pytorch as smp
+import timm
 import torch
 from torch import nn
 
@@ -58,3 +61,37 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.arch == "paulow":
         return PaulowUnet()
     return AttentionUnet(config)
+
+
+#: Prefix of timm's encoders in smp (``tu-<timm model name>``).
+TIMM_PREFIX = "tu-"
+
+
+def encoder_names(include_timm: bool = False) -> list[str]:
+    """Every encoder name ``ModelConfig.encoder`` takes: smp's own, and timm's as ``tu-<name>`` when asked."""
+    names = sorted(smp.encoders.encoders)
+    return names + [TIMM_PREFIX + name for name in timm.list_models()] if include_timm else names
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """Build the model once, so that an unknown encoder or an encoder depth, decoder width or pretrained-weights
+    name that does not fit fails before any run starts, in one line.
+
+    Raises:
+        ValueError: Naming the setting; for an unknown encoder, up to three close names and where to find all.
+    """
+    if config.arch == "attention_unet":
+        name = config.encoder
+        known = timm.is_model(name[len(TIMM_PREFIX):]) if name.startswith(TIMM_PREFIX) else name in smp.encoders.encoders
+        if not known:
+            close = difflib.get_close_matches(name, encoder_names(include_timm=name.startswith(TIMM_PREFIX)), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            listing = "segft encoders --timm" if name.startswith(TIMM_PREFIX) else "segft encoders"
+            raise ValueError(f"unknown encoder {name!r}{hint} (`{listing}` lists them all)")
+    try:
+        build_model(config)
+    except Exception as error:  # smp and timm raise KeyError, RuntimeError, ValueError, AssertionError...
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise ValueError(f"cannot build arch={config.arch} encoder={config.encoder} encoder_depth="
+                         f"{config.encoder_depth} decoder_channels={','.join(map(str, config.decoder_channels))}: "
+                         f"{reason}") from error
