@@ -90,6 +90,24 @@ def speed_table(record: dict) -> str:
         f"benchmark: {record['peak_memory']['peak_resident_mb']:,.0f} MB."])
 
 
+def predict_memory_table(record: dict) -> str:
+    """Peak resident memory of ``segft predict`` per image size, the fixed overhead, and the criterion."""
+    lines = ["| image | image bytes | windows | peak resident | above the baseline (per pixel) |",
+             "|---|---|---|---|---|"]
+    for r in record["sizes"]:
+        lines.append(f"| {r['side']} x {r['side']} | {r['image_bytes'] / 2**20:,.0f} MB | {r['windows']:,} | "
+                     f"{r['peak_rss_mb']:,.0f} MB | {r['above_baseline_mb']:,.0f} MB "
+                     f"({r['bytes_per_pixel_above_baseline']:.1f} bytes) |")
+    c = record["criterion"]
+    return "\n".join([
+        f"`{record['command']}` ({_machine(record)}): the default model, untrained, {record['patch_size']} x "
+        f"{record['patch_size']} windows at {record['overlap'] * 100:.0f} % overlap, {record['batch_size']} per batch, "
+        f"one {record['image_dtype']} image per process:", "", *lines, "",
+        f"Baseline, a process that imports what `segft predict` imports and loads the model without predicting: "
+        f"{record['baseline_rss_mb']:,.0f} MB. Criterion {c['rule']}: {c['peak_mb']:,.0f} MB against "
+        f"{c['limit_mb']:,.0f} MB, **{'met' if c['passed'] else 'not met'}**."])
+
+
 def repeatability(record: dict) -> str:
     """A second run of a study against the first (the same file name without ``-again``): how far apart they are."""
     first = json.loads((RESULTS / record["first_run"]).read_text()) if "first_run" in record else None
@@ -104,7 +122,7 @@ def repeatability(record: dict) -> str:
 
 
 RENDERERS = {"study-": study_table, "loss_choice": choice_table, "quick_lr_choice": choice_table,
-             "speed-": speed_table}
+             "speed-": speed_table, "predict-memory-": predict_memory_table}
 
 
 def render(file: str) -> str:

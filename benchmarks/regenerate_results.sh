@@ -14,4 +14,5 @@ $py benchmarks/study_results.py --data built-in --out $out/study-quick-built-in-
 $py benchmarks/study_results.py --data built-in --arms finetune,scratch,joint,threshold --out $out/study-quick-built-in-all-arms.json
 $py benchmarks/study_results.py --data dsb2018-two-domains --arms finetune,scratch,joint,threshold --out $out/study-quick-dsb2018-all-arms.json
 $py benchmarks/speed.py --steps 3 --large-batch 16 --compile --out $out/speed-cpu.json
+$py benchmarks/predict_memory.py --out $out/predict-memory-cpu.json   # peak memory, not a timing
 $py benchmarks/readme_tables.py --write

@@ -1,4 +1,4 @@
-"""The speed benchmark runs (smoke mode); its timings are not checked."""
+"""The speed and predict-memory benchmarks run (smoke mode); their figures are not checked."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ def test_speed_benchmark_smoke(tmp_path):
     assert (report["image_size"], inference["windows"], inference["precision"]) == (256, 9, "float32")
     assert inference["megapixels_per_s"] > 0 and report["peak_memory"]["peak_resident_mb"] > 0
     assert "training throughput of paulow" in completed.stdout and "MP/s" in completed.stdout
+
+
+def test_predict_memory_benchmark_smoke(tmp_path):
+    out = tmp_path / "memory.json"
+    completed = subprocess.run([sys.executable, str(PROJECT / "benchmarks" / "predict_memory.py"), "--smoke",
+                                "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(row["side"], row["image_bytes"], row["windows"]) for row in report["sizes"]] == [(64, 64**2, 1),
+                                                                                            (256, 256**2, 9)]
+    assert report["baseline_rss_mb"] > 0 and all(row["peak_rss_mb"] > 0 for row in report["sizes"])
+    assert report["criterion"]["rule"] == "peak(256²) <= 2 x peak(64²) + image bytes(256²)"
+    assert {"command", "commit", "date", "machine"} <= report.keys()
