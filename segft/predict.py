@@ -29,7 +29,6 @@ from segft.config import PredictConfig
 from segft.data.dataset import natural_key
 from segft.data.readers import DataError, image_files, is_image_file, read_images
 from segft.overlays import contour_overlay, mask_png
-from segft.pyfunc import require_segft_model
 
 MASK_SUFFIX = "_mask"
 OVERLAY_SUFFIX = "_overlay"
@@ -94,7 +93,6 @@ def predict(config: PredictConfig) -> list[Prediction]:
         what = "the input file" if output.resolve() in protected else "a file"
         raise ValueError(f"{output}: --output is {what}, not a folder; give a folder for the masks")
     model = tracking.load_model(config.model, {"device": config.device, "autocast": config.autocast})
-    require_segft_model(model, config.model)
     params = {"overlap": config.overlap, "threshold": config.threshold, "batch_size": config.batch_size}
     output.mkdir(parents=True, exist_ok=True)
     written = []

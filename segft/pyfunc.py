@@ -135,24 +135,6 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         return shape_results([segmenter(image).astype(np.uint8) for image in images])
 
 
-def require_segft_model(model: mlflow.pyfunc.PyFuncModel, uri: str) -> None:
-    """Refuse a loaded pyfunc that is not this class: its output would be written as masks unchecked.
-
-    The class is compared by name, not identity: a model loads its own copy of segft's code (``code_paths``).
-
-    Raises:
-        ValueError: Naming the URI and the model's flavors.
-    """
-    try:
-        python_model = model.unwrap_python_model()
-    except mlflow.exceptions.MlflowException:  # not a Python-model pyfunc (an sklearn model, ...)
-        python_model = None
-    if type(python_model).__name__ != SegmentationPyfunc.__name__:
-        flavors = ", ".join(sorted(model.metadata.flavors)) or "unknown"
-        raise ValueError(f"model {uri!r} is not a segft segmentation model (flavors: {flavors}); give a model "
-                         "logged by segft, e.g. models:/segft-finetuned@champion")
-
-
 def pyfunc_arguments(checkpoint_dir: Path) -> dict[str, Any]:
     """What ``mlflow.pyfunc.log_model``/``save_model`` take to log a checkpoint as this pyfunc: models-from-code
     (``segft/mlflow_model.py``), the checkpoint folder as artifact, the package as code, the signature, the input

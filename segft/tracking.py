@@ -231,11 +231,19 @@ def set_model_alias(model_uri: str, alias: str) -> None:
 def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> mlflow.pyfunc.PyFuncModel:
     """Load a logged segft pyfunc (``models:/segft-finetuned@champion``, ``runs:/...``, a folder...).
 
+    Its ``MLmodel`` is read first: a model without segft's checkpoint artifact is refused before any of its code
+    or pickles is loaded (its output would otherwise be written as masks).
+
     Raises:
-        ValueError: If MLflow cannot resolve or download the URI.
+        ValueError: If MLflow cannot resolve or download the URI, or the model is not a segft model.
         segft.checkpoint.CheckpointError: If the model's checkpoint is missing or was tampered with.
     """
     try:
+        flavors = mlflow.models.Model.load(model_uri).flavors
+        if schema.CHECKPOINT_ARTIFACT not in flavors.get("python_function", {}).get("artifacts", {}):
+            raise ValueError(f"model {model_uri!r} is not a segft segmentation model (flavors: "
+                             f"{', '.join(sorted(flavors)) or 'none'}); give a model logged by segft, e.g. "
+                             "models:/segft-finetuned@champion")
         return mlflow.pyfunc.load_model(model_uri, model_config=model_config)
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
