@@ -147,3 +147,41 @@ def test_a_base_trained_on_the_runs_test_images_is_refused(store, tiny_data):
     with pytest.raises(ValueError, match="was trained on 1 of this run's Dataset 1 test images"):
         run_finetune(FinetuneConfig(train=config, n_images=2, base_model=leaking.model_uri))
     assert len(store.search_model_versions("name = 'segft-finetuned'")) == 0
+
+
+# ------------------------------------------------------------------------------ finite or refused (issue 13)
+
+def _poisoned(config: TrainConfig):
+    """A model whose first convolution holds a NaN: every loss it gives is NaN."""
+    import torch
+
+    from segft.models import build_model
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    return model
+
+
+def test_a_non_finite_loss_stops_training_fails_the_run_and_registers_nothing(store, tiny_data, monkeypatch, capsys):
+    monkeypatch.setattr("segft.runs.fresh_model", _poisoned)
+    status = cli.main(["base", "--data-dir", str(tiny_data), "--epochs", "3", "--batch-size", "16", "--patch-size", "64",
+                       "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,4",
+                       "--dataset1-train-images", "3", "--dataset2-pool-images", "3"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("segft: error")]
+    assert status == 2 and "at epoch 1, step 1 of" in line and "no model registered" in line
+    (run,) = all_runs(store)
+    assert run.info.status == "FAILED" and "epoch 1, step 1" in run.data.tags["segft.error"]
+    assert "train_loss" not in run.data.metrics  # not even the poisoned epoch is logged as a loss
+    assert store.search_model_versions("name = 'segft-base'") == []
+
+
+def test_a_plain_finetune_never_starts_from_a_base_whose_run_did_not_finish(store, tiny_data):
+    base = run_base(BaseConfig(train=tiny_train(tiny_data)))
+    version = store.get_model_version("segft-base", "1")
+    store.set_terminated(base.run_id, "KILLED")  # as if killed right after registration
+    store.set_model_version_tag("segft-base", "1", "segft.unfinished_run", "KILLED")
+    result = run_finetune(FinetuneConfig(train=tiny_train(tiny_data), n_images=2))
+    assert store.get_run(result.run_id).data.params["base_model_uri"] == "models:/segft-base/2"
+    assert version.run_id == base.run_id

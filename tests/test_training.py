@@ -342,3 +342,18 @@ def test_a_model_predicting_all_foreground_on_background_patches_is_trained_back
         model = collapsed()
         train(model, only_background, tiny_config(epochs=12, batch_size=2, loss=LossConfig(loss_scope=scope, bce_in_every_branch=fix)))
         assert (false_positive_fraction(model, background) < 0.2) == recovered
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_names_epoch_and_step():
+    from segft.training import NonFiniteLossError
+
+    model = build_model(ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(8, 8, 8)))
+    images = torch.rand(12, 1, 32, 32)
+    images[5] = float("nan")  # poisons whichever step draws patch 5
+    patches = Patches(images=images, masks=(images > 0.5).float())
+    logs = []
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1, step \d of 3; stopped, no model registered"):
+        train(model, patches, TrainConfig(epochs=2, batch_size=4, lr=1e-3, patch_size=32,
+                                          model=ModelConfig(encoder="resnet18", encoder_depth=3,
+                                                            decoder_channels=(8, 8, 8))), on_epoch=logs.append)
+    assert logs == []
