@@ -149,6 +149,6 @@ def pyfunc_arguments(checkpoint_dir: Path) -> dict[str, Any]:
         "input_example": example_image(),
         # load_model(model_config=...) may override these; without a default MLflow ignores the overrides
         "model_config": {"device": PredictConfig.device, "autocast": PredictConfig.autocast},
-        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "numpy",
+        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
                              "opencv-python-headless", "pandas", "tifffile", "tqdm"],
     }
