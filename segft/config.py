@@ -386,8 +386,9 @@ class TuneConfig:
         timeout: Stop starting new trials after this many seconds; 0 for no limit.
         lr_min: Lower end of the learning-rate search range (sampled log-uniformly).
         lr_max: Upper end of the learning-rate search range.
-        storage: Optuna storage URL (for example ``postgresql://user:password@host/db`` shared by several
-            workers); empty for ``optuna.db`` next to the MLflow tracking store.
+        storage: Optuna storage URL (for example ``postgresql://user@host/db`` shared by several workers; the
+            password in ``SEGFT_STORAGE_PASSWORD`` or ``PGPASSWORD``, never in the URL, which ``mlflow run``
+            logs); empty for ``optuna.db`` next to the MLflow tracking store.
         study_name: Optuna study to create or continue; empty for one derived from target, n_images and data.
         pruner: ``median`` (stop a trial whose validation Dice falls below the median of earlier trials at the
             same epoch), ``hyperband`` or ``none``.
