@@ -231,6 +231,8 @@ def test_a_user_error_ends_in_one_line_naming_the_culprit(name, world, tmp_path,
                   other_model=world["other_model"], base_uri=world["base_uri"])
     case.setup(paths)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["uri"])
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # progress bars are not error lines
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(world["uri"])
     client = MlflowClient(world["uri"])
     runs_before = len(_runs(client))
