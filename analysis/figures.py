@@ -18,6 +18,8 @@ ARM_COLOURS = {FINETUNE_ARM: "#0072B2", SCRATCH_ARM: "#D55E00", JOINT_ARM: "#009
                THRESHOLD_ARM: "#999999"}
 DATASET_DASH = {DATASET1: "dot"}
 X_TITLE = "Dataset 2 images used for training"
+#: The legend item of the forgetting plot's per-repeat dots.
+PER_REPEAT = "per repeat"
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -30,14 +32,19 @@ def _add_line(fig: go.Figure, points: pd.DataFrame, y: str, name: str, colour: s
     x = points["n_images"].tolist()
     fig.add_trace(go.Scatter(
         x=x + x[::-1], y=points["ci_high"].tolist() + points["ci_low"].tolist()[::-1], fill="toself",
-        fillcolor=_rgba(colour, 0.15), line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name,
-        name=f"{name} 95% CI",
+        mode="lines", fillcolor=_rgba(colour, 0.15), line={"width": 0}, hoverinfo="skip", showlegend=False,
+        legendgroup=name, name=f"{name} 95% CI",
     ))
     fig.add_trace(go.Scatter(
         x=x, y=points[y], mode="lines+markers", name=name, legendgroup=name, line={"color": colour, "dash": dash},
         customdata=points[["ci_low", "ci_high"]], hovertemplate="n=%{x}: %{y:.3f} [%{customdata[0]:.3f}, "
         "%{customdata[1]:.3f}]<extra>" + name + "</extra>",
     ))
+
+
+def _dataset1(table: pd.DataFrame) -> pd.DataFrame:
+    """Dataset 1 rows of the arms that train (the threshold trains nothing, so it cannot forget)."""
+    return table[(table["dataset"] == DATASET1) & (table["arm"] != THRESHOLD_ARM)]
 
 
 def _colour(arm: str) -> str:
@@ -88,31 +95,48 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_MARGIN) -> go.Figure:
+def _add_repeat_dots(fig: go.Figure, per_repeat: pd.DataFrame) -> None:
+    """Each repeat's Dataset 1 change as an open circle in its arm's colour, all under one legend item."""
+    _check(per_repeat, ["arm", "n_images", "dataset", "repeat", "mean_change"], "per-repeat change")
+    for index, (arm, points) in enumerate(_dataset1(per_repeat).groupby("arm", sort=True)):
+        fig.add_trace(go.Scatter(
+            x=points["n_images"], y=points["mean_change"], mode="markers", name=PER_REPEAT, legendgroup=PER_REPEAT,
+            showlegend=index == 0, customdata=points["repeat"],
+            marker={"color": _colour(arm), "symbol": "circle-open", "size": 8},
+            hovertemplate="n=%{x}, repeat %{customdata}: %{y:.3f}<extra>" + arm + "</extra>",
+        ))
+
+
+def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_MARGIN,
+               per_repeat: pd.DataFrame | None = None) -> go.Figure:
     """Dataset 1 paired change of Dice against the raw model, one line per arm, with CI bands.
 
     The zero line is no change; dashed lines at ±``tolerance`` mark the band within which the study calls the
-    change "no forgetting". Arms from the base model start at (0, 0): there they are the raw model.
+    change "no forgetting", labelled inside the plot's right edge (outside it, a label would run into the legend).
+    Arms from the base model start at (0, 0): there they are the raw model. Each repeat's own mean change, when
+    given, is an open circle in its arm's colour; one legend item, "per repeat", shows or hides them all.
 
     Args:
         change: Output of ``analysis.summary.paired_change``.
         tolerance: Where to draw the guide lines.
+        per_repeat: Output of ``analysis.summary.repeat_change``, or None for no dots.
 
     Raises:
         ValueError: If ``change`` is empty or lacks the needed columns.
     """
     _check(change, ["arm", "n_images", "dataset", "mean_change", "ci_low", "ci_high"], "paired change")
     fig = go.Figure()
-    dataset1 = change[(change["dataset"] == DATASET1) & (change["arm"] != THRESHOLD_ARM)]  # it trains nothing
-    for arm, points in dataset1.groupby("arm", sort=True):
+    for arm, points in _dataset1(change).groupby("arm", sort=True):
         if arm in FROM_BASE:
             start = pd.DataFrame([{"n_images": 0, "mean_change": 0.0, "ci_low": 0.0, "ci_high": 0.0}])
             points = pd.concat([start, points])
         _add_line(fig, points.sort_values("n_images"), "mean_change", arm, _colour(arm), "solid")
+    if per_repeat is not None:
+        _add_repeat_dots(fig, per_repeat)
     fig.add_hline(y=0, line={"color": "black", "width": 1})
-    for y in (tolerance, -tolerance):
+    for y, position in ((tolerance, "top right"), (-tolerance, "bottom right")):
         fig.add_hline(y=y, line={"color": "grey", "dash": "dash", "width": 1},
-                      annotation_text=f"{y:+.2f}", annotation_position="right")
+                      annotation_text=f"margin {y:+.2f}", annotation_position=position)
     fig.update_layout(title="Forgetting: Dataset 1 Dice change vs the raw model (paired per test image, 95% CI)",
                       yaxis_title="Δ Dice on Dataset 1 (arm − raw)", legend_title_text="arm")
     _x_axis(fig, change["n_images"].tolist())

@@ -2,7 +2,9 @@
 
 ``build_report`` reads the study through the MLflow client, writes ``<report_dir>/<study_id>/`` and logs that
 folder on the study's parent run under ``report/``; ``text_summary`` is what the terminal shows afterwards.
-The page opens offline: plotly.js is inlined once, the grid is a base64 data URI, nothing is fetched.
+The page opens offline and stays light (under 4 MB for a study of the quickstart's shape): plotly.js is inlined
+once, packed (``analysis.plotly_inline``); the grid is a JPEG data URI (``analysis.grid.encode_jpeg``) linking to
+the full-resolution ``grid.png`` beside the page; nothing is fetched.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
-from analysis import figures, grid, query, summary
+from analysis import figures, grid, plotly_inline, query, summary
 from segft import quality, schema
 from segft.config import ReportConfig
 
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+#: The full-resolution overlay grid, beside the page; the page holds a lighter copy and links to it.
+GRID_FILE = "grid.png"
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +39,8 @@ class Report:
         experiment_id: The experiment holding the study.
         tracking_uri: The tracking store read (MLflow's default resolved when none was given).
         directory: Local folder holding the files below (``<report_dir>/<study_id>``).
-        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv and grid.png.
+        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv, degenerate_runs.csv and
+            grid.png.
         tidy: One row per run × dataset × test image (``analysis.query.TIDY_COLUMNS``).
         summary: ``analysis.summary.summarize`` of ``tidy``.
         paired_change: ``analysis.summary.paired_change`` of ``tidy``.
@@ -72,20 +77,17 @@ def _table_html(table: pd.DataFrame) -> str:
     return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
 
 
-
-
 def _without_password(uri: str) -> str:
     """The URI without user info: the page is logged to the server and may be shared."""
     parts = urlsplit(uri)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
 
 
-def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: list[go.Figure], grid_png: bytes,
-          grid_note: str) -> str:
-    """The report page; plotly.js is inlined with the first figure only."""
-    plots = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG,
-                                  default_height="520px") for i, fig in enumerate(figs))
-    grid_uri = "data:image/png;base64," + base64.b64encode(grid_png).decode()
+def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: dict[str, go.Figure],
+          overlay_grid: np.ndarray, grid_note: str) -> str:
+    """The report page: plotly.js once, then the figures; the grid as a JPEG linking to ``GRID_FILE``."""
+    plots = "\n".join(plotly_inline.figure_html(fig, f"figure-{name}") for name, fig in figs.items())
+    grid_uri = "data:image/jpeg;base64," + base64.b64encode(grid.encode_jpeg(overlay_grid)).decode()
     parameters = pd.DataFrame(sorted(params.items()), columns=["parameter", "value"])
     e = html.escape
     return f"""<!DOCTYPE html>
@@ -95,7 +97,9 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 table.t {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }}
 table.t th, table.t td {{ padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: left; }}
 img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
-</style></head><body>
+</style>
+{plotly_inline.loader_html()}
+</head><body>
 <h1>segft study <code>{e(report.study_id)}</code></h1>
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
 <code>{e(_without_password(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
@@ -108,7 +112,9 @@ size of the same arm and repeat. A flagged raw model shows the domain shift; a f
 (The study's champion is chosen by the same rule on validation images, never on these.)</p>
 {_table_html(report.degenerate) if not report.degenerate.empty else "<p>None.</p>"}
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
-<h2>Overlay comparison</h2><p>{e(grid_note)}</p><img class="grid" alt="overlay grid" src="{grid_uri}">
+<h2>Overlay comparison</h2><p>{e(grid_note)} Shown as a JPEG of at most {grid.INLINE_PIXELS:,} pixels; full
+resolution: <a href="{GRID_FILE}">{GRID_FILE}</a> beside this page (also under <code>report/</code> on the parent
+run).</p><img class="grid" alt="overlay grid" src="{grid_uri}">
 <h2>Mean test Dice</h2><p>95% confidence intervals from a hierarchical (two-stage) percentile bootstrap: each of
 9999 resamples draws the test images with replacement, then each drawn image's repeats with replacement, because
 every repeat is scored on the same test images (Davison &amp; Hinkley 1997, §3.8; Field &amp; Welsh 2007). With
@@ -157,17 +163,18 @@ def build_report(config: ReportConfig) -> Report:
                         ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate)):
         table.to_csv(folder / name, index=False)
         files[name] = folder / name
-    # the figures live in report.html only: one inlined copy of plotly.js (4.7 MB) per report is enough
+    # the figures live in report.html only: one inlined copy of plotly.js per report is enough
     figs = {"dice_vs_images": figures.dice_vs_images(report.summary),
-            "forgetting": figures.forgetting(report.paired_change, _margin(parent.data.params))}
+            "forgetting": figures.forgetting(report.paired_change, _margin(parent.data.params),
+                                             summary.repeat_change(tidy))}
     arm = _grid_arm(tidy)
     headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
-    files["grid.png"] = grid.write_png(grid.compose_grid(rows, headers), folder / "grid.png")
+    overlay_grid = grid.compose_grid(rows, headers)
+    files[GRID_FILE] = grid.write_png(overlay_grid, folder / GRID_FILE)
     note = (f"Predictions of the raw model, of Otsu's threshold (when the study ran it) and of arm '{arm}', "
             "repeat 0, at each size: yellow contours; "
             "ground truth: cyan contour. Each prediction panel shows its Dice on that image.")
-    page = _page(report, parent.data.params, _runs_table(study), list(figs.values()),
-                 files["grid.png"].read_bytes(), note)
+    page = _page(report, parent.data.params, _runs_table(study), figs, overlay_grid, note)
     files["report.html"] = folder / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
     client.log_artifacts(parent.info.run_id, str(folder), schema.REPORT_DIR)

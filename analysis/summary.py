@@ -196,6 +196,20 @@ def paired_change(tidy: pd.DataFrame, confidence: float = 0.95, random_state: in
     return _ci_table(diffs, "change", confidence, random_state).rename(columns={"mean": "mean_change"})
 
 
+def repeat_change(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Each repeat's mean paired change against the raw model (over the test images), per arm × n_images × dataset:
+    how far single repeats stray from ``paired_change``'s mean.
+
+    Returns:
+        Columns ``arm, n_images, dataset, repeat, mean_change``.
+
+    Raises:
+        ValueError: See ``paired_differences``.
+    """
+    per_repeat = paired_differences(tidy).groupby([*GROUP, "repeat"], as_index=False)["change"].mean()
+    return per_repeat.rename(columns={"change": "mean_change"})
+
+
 def _fmt(mean: float, low: float, high: float) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 

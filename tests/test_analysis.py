@@ -250,10 +250,14 @@ def test_findings_names_the_sizes_that_forget():
 
 # ---- figures ----
 
-def _summary_and_change():
-    tidy = make_tidy({"dataset1": [0.8, 0.7], "dataset2": [0.4, 0.5]}, {
+def _figure_tidy():
+    return make_tidy({"dataset1": [0.8, 0.7], "dataset2": [0.4, 0.5]}, {
         (arm, n, d): [[0.5 + 0.01 * n, 0.6], [0.55, 0.62]]
         for arm in ("finetune", "scratch") for n in (5, 10) for d in ("dataset1", "dataset2")})
+
+
+def _summary_and_change():
+    tidy = _figure_tidy()
     return summary.summarize(tidy), summary.paired_change(tidy)
 
 
@@ -278,6 +282,32 @@ def test_forgetting_has_arms_zero_and_tolerance_lines():
     assert list(lines["finetune"].x) == [0, 5, 10] and lines["finetune"].y[0] == 0
     assert sorted(shape.y0 for shape in fig.layout.shapes) == pytest.approx([-0.05, 0, 0.05])
     assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_forgetting_margin_labels_stay_inside_the_plot_clear_of_the_legend():
+    """The legend sits right of the plot; a label anchored left of the plot's right edge cannot reach it."""
+    fig = figures.forgetting(_summary_and_change()[1], tolerance=0.05)
+    labels = {a.text: a for a in fig.layout.annotations}
+    assert sorted(labels) == ["margin +0.05", "margin -0.05"]
+    assert all(a.xref == "x domain" and a.x <= 1 and a.xanchor == "right" for a in labels.values())
+    assert fig.layout.legend.x is None or fig.layout.legend.x > 1  # plotly's default: outside, right
+
+
+def test_forgetting_per_repeat_dots_have_one_legend_item():
+    tidy = _figure_tidy()
+    per_repeat = summary.repeat_change(tidy)
+    fig = figures.forgetting(summary.paired_change(tidy), per_repeat=per_repeat)
+    dots = [t for t in fig.data if t.legendgroup == figures.PER_REPEAT]
+    assert len(dots) == 2 and [t.showlegend for t in dots].count(True) == 1
+    assert all(t.mode == "markers" and len(t.x) == 4 for t in dots)  # 2 sizes x 2 repeats per arm
+    finetune = per_repeat.query("arm == 'finetune' and n_images == 5 and dataset == 'dataset1'")
+    assert finetune["mean_change"].tolist() == pytest.approx([-0.175, -0.165])  # mean of (0.55-0.8, 0.6-0.7) ...
+
+
+def test_bands_draw_no_markers():
+    """A band is a polygon; plotly's default mode would put a dot on each of its corners."""
+    for fig in (figures.dice_vs_images(_summary_and_change()[0]), figures.forgetting(_summary_and_change()[1])):
+        assert all(t.mode == "lines" for t in fig.data if t.fill == "toself")
 
 
 @pytest.mark.parametrize("make", [figures.dice_vs_images, figures.forgetting])
@@ -321,6 +351,26 @@ def test_contour_panel_draws_the_outline_only():
 def test_compose_grid_rejects_bad_rows(rows, headers, message):
     with pytest.raises(ValueError, match=message):
         grid.compose_grid(rows, headers)
+
+
+@pytest.mark.parametrize("shape, max_pixels, expected", [
+    ((2274, 1138, 3), 2_000_000, (1999, 1000)),  # the quickstart's grid: shrunk to the budget, aspect kept
+    ((100, 40, 3), 2_000_000, (100, 40)),  # never enlarged
+    ((6770, 1138, 3), 2_000_000, (3449, 579)),  # a tall grid of 12 rows keeps half its width
+])
+def test_encode_jpeg_keeps_the_grid_within_its_pixel_budget(shape, max_pixels, expected):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    decoded = cv2.imdecode(np.frombuffer(grid.encode_jpeg(image, max_pixels), np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == expected and decoded.shape[0] * decoded.shape[1] <= max_pixels
+
+
+def test_encode_jpeg_keeps_colours_and_rejects_non_rgb():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = grid.PREDICTION_COLOUR
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(grid.encode_jpeg(image), np.uint8), 1), cv2.COLOR_BGR2RGB)
+    assert np.abs(decoded[32, 8].astype(int) - grid.PREDICTION_COLOUR).max() < 8
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        grid.encode_jpeg(image[..., 0])
 
 
 def test_write_png_round_trips(tmp_path):
@@ -373,9 +423,9 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     parser.feed(page)
     parser.close()
     assert parser.urls and not [u for u in parser.urls if u.startswith(("http:", "https:", "//"))]
-    assert page.count("window.PlotlyConfig") == 1  # plotly.js inlined once
+    assert page.count('<script id="plotly-js-gzip"') == 1  # plotly.js inlined once (tests/test_report_size.py)
     assert page.count('class="plotly-graph-div"') == 2
-    assert "data:image/png;base64," in page and "0123456789abcdef" in page
+    assert "data:image/jpeg;base64," in page and '<a href="grid.png">' in page and "0123456789abcdef" in page
 
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent_run_id, "report")}
     assert {f"report/{name}" for name in report.files} <= logged
