@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, RegistryConfig, ReportConfig, StudyConfig,
-                          TrainConfig, TuneConfig)
+                          TrackingConfig, TrainConfig, TuneConfig)
 from segft.data.readers import DataError
 from segft.mlproject import field_default, leaf_fields
 from segft.presets import preset_train_config
@@ -162,8 +162,9 @@ def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
     given = {field.name: getattr(args, field.name) for field, _, _ in _leaf_fields(TrainConfig)}
     train = preset_train_config(args.preset, {name: value for name, value in given.items() if value is not None})
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(StudyConfig)
-              if field.name not in ("train", "registry")}
-    return StudyConfig(train=train, registry=config_from_args(RegistryConfig, args), **values)
+              if field.name not in ("train", "registry", "tracking")}
+    return StudyConfig(train=train, registry=config_from_args(RegistryConfig, args),
+                       tracking=config_from_args(TrackingConfig, args), **values)
 
 
 def _print_result(result) -> None:

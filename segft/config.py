@@ -213,11 +213,32 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where and how runs are tracked.
+
+    Attributes:
+        experiment: MLflow experiment the runs go to (created if needed, and tagged so that MLflow's UI opens it
+            as model training). Under ``mlflow run`` MLflow has already chosen it: pass ``--experiment-name``
+            to ``mlflow run`` instead.
+        system_metrics: Log CPU, memory, disk, network and (with an NVIDIA GPU) GPU use over every run, as MLflow's
+            ``system/*`` metrics.
+    """
+
+    experiment: str = "segft"
+    system_metrics: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.experiment.strip():
+            raise ValueError("experiment must name an MLflow experiment, got an empty name")
+
+
+@dataclass(frozen=True)
 class BaseConfig:
     """The ``base`` command: train on Dataset 1, evaluate on both test sets."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,7 @@ class FinetuneConfig:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     n_images: int = 5
     base_model: str = ""
 
@@ -268,6 +290,7 @@ class StudyConfig:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sizes: tuple[int, ...] = (5, 10, 15, 20)
     repeats: int = 3
     arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
@@ -400,6 +423,7 @@ class TuneConfig:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     target: str = "finetune"
     n_images: int = 5
     base_model: str = ""

@@ -25,19 +25,22 @@ the logged input example, a 64 x 64 uint8 image, shows the input's form.
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import mlflow.pyfunc
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from segft import schema
 from segft.checkpoint import InferenceSettings, load_checkpoint, read_checkpoint_config
 from segft.config import PredictConfig
 from segft.data.readers import to_single_channel
-from segft.inference import SlidingWindowSegmenter, resolve_autocast
+from segft.inference import SlidingWindowSegmenter, resolve_autocast, window_stride
 from segft.device import resolve_device
 
 #: ``predict`` params besides ``overlap`` (whose default is the overlap the model was evaluated with): the same
@@ -94,6 +97,24 @@ def as_images(model_input: Any) -> tuple[list[np.ndarray], Callable[[list[np.nda
     )
 
 
+class InvalidRequest(MlflowException):
+    """A bad input or parameter, as MLflow's invalid-parameter error (the scoring server answers 400) whose message
+    is segft's one line and stays so: MLflow's scoring server rewrites ``message`` to ``Failed to predict data
+    '<the whole input, an image as a list>'. Error: ...``, which buries the line under the echoed pixels."""
+
+    def __init__(self, message: str) -> None:
+        self._line = message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:  # MLflow's rewrite is dropped; segft's line is the answer
+        pass
+
+
 class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
     """Segments whole images: normalize, sliding window with Gaussian blending, threshold (see the module docs).
 
@@ -117,7 +138,12 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
             params: ``overlap``, ``batch_size``, ``threshold``, ``return_probabilities``; MLflow fills in the
                 signature's defaults.
         """
-        params = params or {}
+        try:
+            return self._segment(model_input, params or {})
+        except ValueError as error:  # bad input or params (DataError included): the client's fault
+            raise InvalidRequest(f"segft: {error}") from error
+
+    def _segment(self, model_input: Any, params: dict[str, Any]) -> np.ndarray:
         segmenter = SlidingWindowSegmenter(
             self.model,
             patch_size=self.settings.patch_size,
@@ -127,12 +153,25 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
             device=self.device,
             autocast=self.autocast,
         )
-        if segmenter.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {segmenter.batch_size}")
+        if segmenter.batch_size < 1 or not 0 <= segmenter.threshold <= 1:
+            raise ValueError(f"need batch_size >= 1 and 0 <= threshold <= 1, got {segmenter.batch_size} and "
+                             f"{segmenter.threshold}")
+        window_stride(segmenter.patch_size, segmenter.overlap)  # refuses an overlap outside [0, 1)
         images, shape_results = as_images(model_input)
         if params.get("return_probabilities", False):
             return shape_results([segmenter.probabilities(image).astype(np.float32) for image in images])
         return shape_results([segmenter(image).astype(np.uint8) for image in images])
+
+
+#: What a logged model's environment installs, pinned to the versions that trained it (``pyfunc_arguments``).
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
+                "opencv-python-headless", "pandas", "tifffile", "tqdm")
+
+
+def pinned_requirements() -> list[str]:
+    """``REQUIREMENTS`` as ``name==version`` of this environment. A local version label (``+cu130``) is dropped,
+    as MLflow's own inference does: such builds are not on PyPI, and the plain release is the same code."""
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
 def pyfunc_arguments(checkpoint_dir: Path) -> dict[str, Any]:
@@ -149,6 +188,5 @@ def pyfunc_arguments(checkpoint_dir: Path) -> dict[str, Any]:
         "input_example": example_image(),
         # load_model(model_config=...) may override these; without a default MLflow ignores the overrides
         "model_config": {"device": PredictConfig.device, "autocast": PredictConfig.autocast},
-        "pip_requirements": ["mlflow", "torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
-                             "opencv-python-headless", "pandas", "tifffile", "tqdm"],
+        "pip_requirements": pinned_requirements(),
     }

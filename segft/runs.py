@@ -24,7 +24,7 @@ from torch import nn
 
 from segft import schema, tracking
 from segft.checkpoint import InferenceSettings, load_checkpoint, save_checkpoint
-from segft.config import BaseConfig, FinetuneConfig, ModelConfig, RegistryConfig, TrainConfig
+from segft.config import BaseConfig, FinetuneConfig, ModelConfig, RegistryConfig, TrackingConfig, TrainConfig
 from segft.data.imageset import ImageSet, StudyData
 from segft.data.split import StudySplit, load_data, split_study
 from segft.device import resolve_device
@@ -128,54 +128,100 @@ def fresh_model(config: TrainConfig) -> nn.Module:
 
 def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
     """Train ``model`` as ``spec`` says in one MLflow run, evaluate it on both test sets (and the validation
-    images), log everything and register it."""
+    images), log everything (its data as dataset inputs, each score linked to the data it was computed on) and
+    register it."""
     config, split, device = spec.config, prepared.split, prepared.device
     model = model.to(device)
     patches = make_patches(spec.train_set, config.patch_size, device)
     tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.DIGEST_TAG: prepared.digest,
             schema.ENCODER_TAG: config.model.encoder, **spec.tags}
+    training_input = dataset_input(spec.train_set, "train", schema.TRAINING_CONTEXT)
+    validation_input = (dataset_input(spec.validation_set, "validation", schema.VALIDATION_CONTEXT)
+                        if spec.validation_set else None)
     with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested) as run:
         tracking.log_params({**tracking.flatten_config(config), "n_images": spec.n_images, **spec.params,
                              "data_digest": prepared.digest, "data_source": spec.train_set.source,
                              "train_patches": len(patches)})
         validation = {"validation": list(spec.validation_set.names)} if spec.validation_set else {}
         tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
+        tracking.log_inputs([training_input, *([validation_input] if validation_input else []), *test_set_inputs(split)])
         train(model, patches, config, description=spec.run_name,
               on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts))
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
+                                         Path(tmp) / "checkpoint")
+            model_id = tracking.log_model(pyfunc_arguments(checkpoint), spec.run_name)
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
                                            channels_last=config.channels_last)
-        metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)], split)
+        metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)], split,
+                                  model_id)
         val_metrics, val_table = {}, None
         if spec.validation_set:
             val_table = evaluation_table(evaluate(segmenter, spec.validation_set))
             val_metrics = dataset_metrics(val_table, schema.VALIDATION)
-            tracking.log_validation(val_table, val_metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
-                                         Path(tmp) / "checkpoint")
-            version_tags = {**tags, "run_id": run.info.run_id, "arm": spec.arm, "n_images": str(spec.n_images),
-                            **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
-            model_uri = tracking.log_model(pyfunc_arguments(checkpoint), spec.registered_name, version_tags)[0]
+            tracking.log_validation(val_table, val_metrics, validation_input, model_id)
+        description = describe(spec, metrics, val_metrics)
+        tracking.describe_run(description)
+        version_tags = {**tags, "n_images": str(spec.n_images),
+                        **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
+        model_uri = tracking.register_model(model_id, spec.registered_name, version_tags, description,
+                                            REGISTERED_MODEL_DESCRIPTIONS[spec.role])[0]
         tracking.set_model_uri_tag(model_uri)
     return RunResult(run.info.run_id, model_uri, metrics, val_metrics, val_table)
 
 
-def log_test_scores(results: list[ImageResult], split: StudySplit) -> dict[str, float]:
-    """Log the test images' scores on the active run: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``, the
-    per-image table, and per image an overlay of prediction against truth and the predicted mask (0/255).
+#: Descriptions of the registered models, by the role of the run that registers the first version.
+REGISTERED_MODEL_DESCRIPTIONS = {
+    schema.ROLE_BASE: "segft base models: trained on Dataset 1's training images, tested on both datasets' test images.",
+    **{role: "segft models trained with Dataset 2 images: fine-tuned from a base model (finetune, joint) or from "
+             "scratch, tested on both datasets' test images, validated on the Dataset 2 pool images they left out."
+       for role in (schema.ROLE_FINETUNE, schema.SCRATCH_ARM, schema.JOINT_ARM)},
+}
+
+
+def dataset_input(image_set: ImageSet, part: str, context: str) -> tracking.DatasetInput:
+    """A part of the data as a run's dataset input: ``<dataset>-<part>``, its source, digest and size."""
+    return tracking.DatasetInput(schema.input_name(image_set.name, part), context, image_set.source,
+                                 image_set.digest()[:16], len(image_set))
+
+
+def test_set_inputs(split: StudySplit) -> list[tracking.DatasetInput]:
+    """Both test sets as dataset inputs (``dataset1-test``, ``dataset2-test``)."""
+    return [dataset_input(test_set, "test", schema.TEST_CONTEXT) for test_set in split.test_sets()]
+
+
+def describe(spec: RunSpec, metrics: dict[str, float], val_metrics: dict[str, float]) -> str:
+    """One paragraph for the run and its model version: what was trained on what, and its Dice."""
+    start = f"from {spec.params['base_model_uri']}" if spec.params.get("base_model_uri") else "from random weights"
+    config = spec.config
+    scores = ", ".join(f"{dataset} {metrics[schema.metric_name(schema.TEST, 'dice', dataset)]:.3f}"
+                       for dataset in (schema.DATASET1, schema.DATASET2))
+    validation = (f"; validation Dice {val_metrics[schema.VALIDATION_METRIC]:.3f} on {len(spec.validation_set)} "
+                  "Dataset 2 pool images it did not train on" if val_metrics else "")
+    return (f"{spec.run_name}: {spec.role} ({spec.arm}) trained {start} on {len(spec.train_set)} images "
+            f"({spec.train_set.name}) for {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
+            f"{config.model.arch} {config.model.encoder}. Test Dice: {scores}{validation}.")
+
+
+def log_test_scores(results: list[ImageResult], split: StudySplit, model_id: str | None = None) -> dict[str, float]:
+    """Log the test images' scores on the active run: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``, each
+    linked to its test set (and to the logged model ``model_id``), the per-image table, and per image an overlay of prediction against truth and the
+    predicted mask (0/255).
 
     Returns:
         The logged metrics.
     """
     table = evaluation_table(results)
     metrics = dataset_metrics(table, schema.TEST)
+    by_input = {item: {name: value for name, value in metrics.items() if name.endswith(f"_{test_set.name}")}
+                for item, test_set in zip(test_set_inputs(split), split.test_sets())}
     test_images = split.test_images()
     images = {}
     for r in results:
         image, mask = test_images[(r.dataset, r.name)]
         images[schema.overlay_path(r.dataset, r.name)] = overlay(image, mask, r.prediction)
         images[schema.prediction_path(r.dataset, r.name)] = mask_png(r.prediction)
-    tracking.log_evaluation(table, metrics, images)
+    tracking.log_evaluation(table, by_input, images, model_id)
     return metrics
 
 
@@ -306,6 +352,16 @@ def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, 
 
 # ------------------------------------------------------------------------------------------------ the commands
 
+EXPERIMENT_DESCRIPTION = ("segft runs: how well a segmentation model trained on Dataset 1 generalizes to Dataset 2, "
+                          "and how much fine-tuning with a few Dataset 2 images helps (base, finetune, study and tune "
+                          "runs; tag segft.role says which).")
+
+
+def track_in(config: TrackingConfig) -> None:
+    """Send this command's runs to ``config.experiment``, with system metrics as ``config.system_metrics`` says."""
+    tracking.use_experiment(config.experiment, config.system_metrics, EXPERIMENT_DESCRIPTION)
+
+
 def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
     """Train a model from scratch on Dataset 1's training images and register it as the base model.
 
@@ -314,6 +370,7 @@ def run_base(config: BaseConfig, new_run: bool = False) -> RunResult:
         new_run: Always create a new MLflow run instead of adopting the one ``mlflow run`` started.
     """
     prepared = prepare(config.train)
+    track_in(config.tracking)
     return train_base(base_spec(config.train, config.registry, prepared, new_run=new_run), prepared)
 
 
@@ -336,6 +393,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     (``check_base_model``).
     """
     prepared = prepare(config.train, [config.n_images])
+    track_in(config.tracking)
     base = base_model_or_train(config.base_model, config.train, config.registry, prepared)
     model, train_config = model_from_base(base, config.train)
     spec = RunSpec(role=schema.ROLE_FINETUNE, arm=schema.FINETUNE_ARM, config=train_config,

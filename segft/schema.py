@@ -71,6 +71,22 @@ def metric_name(part: str, name: str, dataset: str) -> str:
 #: The metric a study picks its champion by: Dice on Dataset 2 pool images the run did not train on.
 VALIDATION_METRIC = metric_name(VALIDATION, "dice", DATASET2)
 
+# ---- dataset inputs (``mlflow.log_input``): the contexts a run used a part of the data in
+TRAINING_CONTEXT, VALIDATION_CONTEXT, TEST_CONTEXT = "training", "validation", "test"
+
+
+def input_name(dataset: str, part: str) -> str:
+    """Name of a logged dataset input: ``dataset1-train``, ``dataset2-validation``, ``dataset2-test``..."""
+    return f"{dataset}-{part}"
+
+
+# ---- experiments
+#: MLflow's experiment tag that makes its UI open an experiment as model training (not GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: MLflow's tag holding a run's (or an experiment's) description, shown in the UI.
+DESCRIPTION_TAG = "mlflow.note.content"
+
 # ---- artifacts
 EVALUATION_CSV = "evaluation/per_image_dice.csv"
 VALIDATION_CSV = "evaluation/val_per_image_dice.csv"

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from segft import quality, schema, tracking
 from segft.config import StudyConfig, TrainConfig
 from segft.runs import (BaseModel, Prepared, RunResult, RunSpec, base_spec, execute, fresh_model, left_out_of_pool,
-                        load_base, log_study_data, log_test_scores, model_from_base, prepare, train_base)
+                        load_base, log_study_data, log_test_scores, model_from_base, prepare, test_set_inputs,
+                        track_in, train_base)
 from segft.threshold import ThresholdSegmenter, choose_polarity
 from segft.training import evaluate
 
@@ -46,8 +47,10 @@ class PlannedRun:
 
 
 def study_id(config: StudyConfig, data_digest: str) -> str:
-    """Digest of everything that determines the study's results (not where its report goes)."""
-    settings = dataclasses.asdict(dataclasses.replace(config, report_dir=""))
+    """Digest of everything that determines the study's results and where its runs live (its experiment), not
+    where its report goes or whether system metrics are logged."""
+    settings = dataclasses.asdict(dataclasses.replace(
+        config, report_dir="", tracking=dataclasses.replace(config.tracking, system_metrics=True)))
     text = json.dumps(settings, sort_keys=True, default=str) + data_digest
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -143,6 +146,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     """
     train = config.train
     prepared = prepare(train, config.sizes)
+    track_in(config.tracking)
     sid = study_id(config, prepared.digest)
     plan = plan_runs(config, len(prepared.split.finetune_pool))
     tracking.fail_dead_runs(f"tags.`{schema.STUDY_TAG}` = '{sid}'")  # an earlier start killed mid-run
@@ -172,6 +176,10 @@ def run_study(config: StudyConfig) -> StudyResult:
                 base = load_base(base_uri, train, prepared)
             results[planned.key] = execute(*_arm_run(planned, config, prepared, base, child_tags), prepared)
         champion = _set_aliases(config, plan, results)
+        tracking.describe_run(
+            f"study {sid}: arms {', '.join(config.arms)} with {', '.join(map(str, config.sizes))} Dataset 2 images, "
+            f"{config.repeats} repeat(s), preset {config.preset}, {train.epochs} epochs at lr {train.lr:g}; "
+            f"{len(results)} child runs. Recommended model (validation Dice): {champion.model_uri if champion else 'none'}.")
     reused = tuple(key for key in results if key in finished)
     return StudyResult(sid, parent.info.run_id, results, reused, champion.model_uri if champion else None)
 
@@ -225,9 +233,13 @@ def _run_threshold(prepared: Prepared, study_tags: dict[str, str]) -> RunResult:
         tracking.log_params({"arm": schema.THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": prepared.digest,
                              **{f"threshold_polarity_{name}": p for name, p in polarities.items()},
                              **{f"threshold_polarity_chosen_on_{name}": part for name, (part, _) in chosen_on.items()}})
+        tracking.log_inputs(test_set_inputs(split))
         results = [r for test_set in split.test_sets()
                    for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
         metrics = log_test_scores(results, split)
+        tracking.describe_run(f"threshold: Otsu's threshold per test image, no training; polarity chosen on "
+                              f"Dataset 1's training images and Dataset 2's pool. Test Dice: " + ", ".join(
+                                  f"{name} {value:.3f}" for name, value in metrics.items() if "_dice_" in name) + ".")
     return RunResult(run.info.run_id, "", metrics)
 
 

@@ -16,6 +16,7 @@ import io
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -24,13 +25,90 @@ import numpy as np
 import pandas as pd
 import psutil
 from mlflow import MlflowClient
-from mlflow.environment_variables import MLFLOW_RUN_ID
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 
 from segft import schema
 from segft.urls import redact
 
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
+
+
+#: Seconds between two samples of system metrics (MLflow's default is 10 s; the runs of a quick study are short).
+#: ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it.
+SYSTEM_METRICS_INTERVAL_S = 5
+
+
+def use_experiment(name: str, system_metrics: bool, description: str) -> str:
+    """Send the runs this process starts to experiment ``name`` (created if needed) and turn system metrics on or
+    off for them. The experiment is tagged so that MLflow's UI opens it as model training, and described when it
+    has no description yet.
+
+    Under ``mlflow run`` MLflow's choice of experiment (``mlflow run --experiment-name``) stands: the run it
+    created for this process already lives there, and the runs nested under it must too.
+
+    Returns:
+        The experiment's id.
+    """
+    if not MLFLOW_RUN_ID.get():
+        mlflow.set_experiment(name)
+    if system_metrics:
+        mlflow.enable_system_metrics_logging()
+        if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get():
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    else:
+        mlflow.disable_system_metrics_logging()
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    client = MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    if schema.EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
+    if not tags.get(schema.DESCRIPTION_TAG):
+        client.set_experiment_tag(experiment_id, schema.DESCRIPTION_TAG, description)
+    return experiment_id
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInput:
+    """One part of a study's data as a run's MLflow dataset input.
+
+    Attributes:
+        name: ``dataset1-train``, ``dataset2-validation``, ``dataset2-test``... (``schema.input_name``).
+        context: What the run used it for (``schema.TRAINING_CONTEXT`` ...).
+        source: Where the images came from: a folder, or a description of generated data.
+        digest: Digest of its names, pixels and masks.
+        images: How many images it holds.
+    """
+
+    name: str
+    context: str
+    source: str
+    digest: str
+    images: int
+
+    def as_mlflow(self) -> MetaDataset:
+        """MLflow's dataset entity: a local folder source, or a code source for generated data."""
+        if Path(self.source).exists():
+            with warnings.catch_warnings():  # a local path matches two registered source kinds, equally good
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(str(Path(self.source).resolve()))
+        else:
+            source = CodeDatasetSource(tags={"source": self.source})
+        return MetaDataset(source, name=self.name, digest=self.digest)
+
+
+def log_inputs(inputs: list[DatasetInput]) -> None:
+    """Log each dataset input on the active run, with its context and image count (the UI's Datasets column)."""
+    for item in inputs:
+        mlflow.log_input(item.as_mlflow(), context=item.context, tags={"images": str(item.images)})
+
+
+def describe_run(text: str) -> None:
+    """Set the active run's description (the UI shows it on the run's page)."""
+    mlflow.set_tag(schema.DESCRIPTION_TAG, redact(text))
 
 
 def flatten_config(config: object) -> dict[str, object]:
@@ -180,10 +258,13 @@ def log_images(images: dict[str, np.ndarray]) -> None:
         mlflow.log_image(image, path)
 
 
-def log_evaluation(table: pd.DataFrame, metrics: dict[str, float], images: dict[str, np.ndarray]) -> None:
-    """Log a run's test scores: the metrics, the per-image table as ``evaluation/per_image_dice.csv`` and the
-    rendered overlays and predicted masks by artifact path."""
-    mlflow.log_metrics(metrics)
+def log_evaluation(table: pd.DataFrame, metrics: dict[DatasetInput, dict[str, float]],
+                   images: dict[str, np.ndarray], model_id: str | None = None) -> None:
+    """Log a run's test scores: the metrics, each linked to the test set it was computed on (and to the logged
+    model ``model_id`` when given: the UI's model views show them by dataset), the per-image table as
+    ``evaluation/per_image_dice.csv`` and the rendered overlays and predicted masks by artifact path."""
+    for dataset, values in metrics.items():
+        mlflow.log_metrics(values, dataset=dataset.as_mlflow(), model_id=model_id)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
     mlflow.log_text(buffer.getvalue(), schema.EVALUATION_CSV)
@@ -197,19 +278,35 @@ def save_model(pyfunc_arguments: dict[str, object], path: Path) -> Path:
     return Path(path)
 
 
-def log_model(pyfunc_arguments: dict[str, object], registered_name: str, version_tags: dict[str, str]) -> tuple[str, str]:
+def log_model(pyfunc_arguments: dict[str, object], name: str) -> str:
     """Log a pyfunc (``segft.pyfunc.pyfunc_arguments``: code, checkpoint artifact, signature, input example) on
-    the active run and register it, tagging the new version.
+    the active run as logged model ``name`` (the run's name: ``finetune-n15-r1``); it is registered by
+    ``register_model`` once it has been scored. Returns the logged model's id."""
+    return mlflow.pyfunc.log_model(name=name, **pyfunc_arguments).model_id
+
+
+def register_model(model_id: str, registered_name: str, version_tags: dict[str, str], description: str,
+                   model_description: str) -> tuple[str, str]:
+    """Register a logged model as a new version of ``registered_name``, tagging and describing the version.
+
+    Args:
+        model_id: The logged model (``log_model``).
+        registered_name: Registered model to add a version to.
+        version_tags: Tags of the new version.
+        description: The new version's description.
+        model_description: The registered model's description, set when it has none.
 
     Returns:
         The registered model URI (``models:/<name>/<version>``) and the version.
     """
-    info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **pyfunc_arguments)
-    version = str(info.registered_model_version)
+    version = mlflow.register_model(f"models:/{model_id}", registered_name).version
     client = MlflowClient()
     for key, value in version_tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
-    return f"models:/{registered_name}/{version}", version
+        client.set_model_version_tag(registered_name, version, key, redact(str(value)))
+    client.update_model_version(registered_name, version, description=redact(description))
+    if not client.get_registered_model(registered_name).description:
+        client.update_registered_model(registered_name, description=model_description)
+    return f"models:/{registered_name}/{version}", str(version)
 
 
 def set_model_alias(model_uri: str, alias: str) -> None:
@@ -249,9 +346,10 @@ def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> ml
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
 
 
-def log_validation(table: pd.DataFrame, metrics: dict[str, float]) -> None:
-    """Log validation scores (never test images): the metrics and ``evaluation/val_per_image_dice.csv``."""
-    mlflow.log_metrics(metrics)
+def log_validation(table: pd.DataFrame, metrics: dict[str, float], dataset: DatasetInput, model_id: str) -> None:
+    """Log validation scores (never test images): the metrics, linked to the validation images and the logged
+    model, and ``evaluation/val_per_image_dice.csv``."""
+    mlflow.log_metrics(metrics, dataset=dataset.as_mlflow(), model_id=model_id)
     mlflow.log_text(table.to_csv(index=False), schema.VALIDATION_CSV)
 
 
@@ -375,9 +473,10 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log metrics on the active run, at ``step`` (an epoch, or a trial count) when given."""
-    mlflow.log_metrics(metrics, step=step)
+def log_metrics(metrics: dict[str, float], step: int | None = None, dataset: DatasetInput | None = None) -> None:
+    """Log metrics on the active run, at ``step`` (an epoch, or a trial count) when given, linked to the dataset
+    they were computed on when given."""
+    mlflow.log_metrics(metrics, step=step, dataset=dataset.as_mlflow() if dataset else None)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -18,6 +18,7 @@ parent run per study (resumed by every later call) and a nested run per trial; p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -31,8 +32,8 @@ from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, T
 from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
 from segft.inference import SlidingWindowSegmenter
-from segft.runs import (BaseModel, RunResult, base_model_or_train, fresh_model, model_from_base, prepare, run_base,
-                        run_finetune)
+from segft.runs import (BaseModel, RunResult, base_model_or_train, dataset_input, fresh_model, model_from_base, prepare,
+                        run_base, run_finetune, track_in)
 from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, train
 from segft.urls import redact, require_driver, storage_with_password
 
@@ -198,11 +199,20 @@ class _Trials:
                              "target": self.config.target, "n_images": self.n_images, "base_model_uri": self.base_uri,
                              "data_digest": self.digest, "train_patches": len(self.patches)})
         tracking.log_split({"train": list(self.train_set.names), "validation": list(self.validation.names)})
+        tracking.log_inputs([self.training_input, self.validation_input])
         model = self.start_model(config)
         scores: list[float] = []
         train(model, self.patches, config, on_epoch=self._reporter(trial, model, config, scores),
               description=f"trial {trial.number} lr={config.lr:.2e}")
         return scores[-1]
+
+    @functools.cached_property
+    def training_input(self) -> tracking.DatasetInput:
+        return dataset_input(self.train_set, "train", schema.TRAINING_CONTEXT)
+
+    @functools.cached_property
+    def validation_input(self) -> tracking.DatasetInput:
+        return dataset_input(self.validation, "validation", schema.VALIDATION_CONTEXT)
 
     @property
     def n_images(self) -> int:
@@ -221,7 +231,7 @@ class _Trials:
                 return
             dice = mean_dice(evaluate(segmenter, self.validation))
             scores.append(dice)
-            tracking.log_metrics({"val_dice": dice}, step=log.epoch)
+            tracking.log_metrics({"val_dice": dice}, step=log.epoch, dataset=self.validation_input)
             trial.report(dice, step=done)
             # after the last epoch there is nothing left to save: the trial completes and counts for the pruner
             if done != config.epochs and trial.should_prune():
@@ -249,6 +259,7 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     storage_url = storage_with_password(config.storage) if config.storage else default_storage(tracking.tracking_uri())
     storage = open_storage(storage_url)  # before any training: a bad storage must not cost a base model first
     prepared = prepare(train_config)
+    track_in(config.tracking)
     split, digest, device = prepared.split, prepared.digest, prepared.device
     train_set, validation = tuning_sets(split, config.target, config.n_images)
     base, model_config = None, train_config.model
@@ -272,6 +283,9 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
         tracking.log_split({**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)})
         study.optimize(trials.objective, n_trials=config.n_trials, timeout=config.timeout or None)
         result = _log_study_summary(study, study_name, redact(storage_url), parent.info.run_id)
+        best = f"best lr {result.best_lr:.3g} (validation Dice {result.best_value:.4f})" if result.best_lr else "no trial done"
+        tracking.describe_run(f"tuning study {study_name}: learning rate of {config.target} between {config.lr_min:g} "
+                              f"and {config.lr_max:g}, scored on validation images; {best}.")
     if config.apply:
         return dataclasses.replace(result, applied=apply_best(config, result, base_uri))
     return result
@@ -288,9 +302,9 @@ def apply_best(config: TuneConfig, result: TuneResult, base_uri: str) -> RunResu
         raise ValueError(f"no trial of study {result.study_name!r} has completed yet; nothing to apply")
     train_config = dataclasses.replace(config.train, lr=result.best_lr)
     if config.target == schema.ROLE_FINETUNE:
-        return run_finetune(FinetuneConfig(train=train_config, registry=config.registry, n_images=config.n_images,
-                                           base_model=base_uri))
-    return run_base(BaseConfig(train=train_config, registry=config.registry), new_run=True)
+        return run_finetune(FinetuneConfig(train=train_config, registry=config.registry, tracking=config.tracking,
+                                           n_images=config.n_images, base_model=base_uri))
+    return run_base(BaseConfig(train=train_config, registry=config.registry, tracking=config.tracking), new_run=True)
 
 
 def _study_settings(config: TuneConfig, base_uri: str) -> dict[str, object]:

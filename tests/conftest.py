@@ -64,6 +64,20 @@ def loopback_process(command: list[str], ready_url: str, log_path: Path, timeout
                 process.wait()
 
 
+@pytest.fixture(autouse=True)
+def no_active_experiment(monkeypatch):
+    """Each test starts with no active MLflow experiment: ``segft`` commands call ``mlflow.set_experiment``, which
+    keeps the experiment's id in the process (and in ``MLFLOW_EXPERIMENT_ID``), and the next test's store would
+    not have it."""
+    import mlflow.tracking.fluent
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    os.environ.pop("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", None)
+
+
 @pytest.fixture()
 def store(tmp_path, monkeypatch, empty_sqlite_store) -> MlflowClient:
     """A fresh SQLite tracking store in a fresh working directory, used by the code under test through MLflow's

@@ -40,7 +40,7 @@ def reached():
 def fire():
     os.kill(os.getpid(), getattr(signal, name))
 
-train_epoch, evaluate, log_model = segft.training.train_epoch, segft.runs.evaluate, segft.tracking.log_model
+train_epoch, evaluate, register_model = segft.training.train_epoch, segft.runs.evaluate, segft.tracking.register_model
 
 def epoch_hook(step, *args, **kwargs):  # the signal arrives after the epoch's first step
     if reached():
@@ -60,14 +60,14 @@ def evaluate_hook(segmenter, image_set):  # the signal arrives after the first i
             return result
     return evaluate(segmenter, image_set)
 
-def log_model_hook(*args, **kwargs):  # the signal arrives right after the version is registered
-    result = log_model(*args, **kwargs)
+def register_hook(*args, **kwargs):  # the signal arrives right after the version is registered
+    result = register_model(*args, **kwargs)
     if reached():
         fire()
     return result
 
 hooks = {"mid-epoch": ("segft.training", "train_epoch", epoch_hook), "evaluation": ("segft.runs", "evaluate", evaluate_hook),
-         "registration": ("segft.tracking", "log_model", log_model_hook)}
+         "registration": ("segft.tracking", "register_model", register_hook)}
 module, attribute, hook = hooks[point]
 setattr(sys.modules[module], attribute, hook)
 sys.exit(cli.main(argv))

@@ -94,20 +94,30 @@ def test_dtype_does_not_change_the_mask(pyfunc):
         np.testing.assert_array_equal(mask, masks[0])
 
 
-@pytest.mark.parametrize("shape, error, message", [
-    ((10,), ValueError, "expected an image"),
-    ((2, 3, 40, 40, 1), ValueError, "expected an image"),
-    ((2, 40, 40, 5), ValueError, "expected an image"),
-    ((0, 10), ValueError, "empty"),
+def _nan_block() -> np.ndarray:
+    image = np.ones((40, 40), np.float32)
+    image[5:15, 5:15] = np.nan
+    return image
+
+
+@pytest.mark.parametrize("model_input, params, message", [
+    (np.zeros((10,), np.uint8), None, "expected an image"),
+    (np.zeros((2, 3, 40, 40, 1), np.uint8), None, "expected an image"),
+    (np.zeros((2, 40, 40, 5), np.uint8), None, "expected an image"),
+    (np.zeros((0, 10), np.uint8), None, "empty"),
+    (np.zeros((40, 40), np.complex64), None, "unsupported pixel type complex"),
+    (_nan_block(), None, "100 of 1600 pixels are NaN or infinite"),
+    (np.zeros((40, 40), np.uint8), {"batch_size": 0}, "batch_size >= 1"),
+    (np.zeros((40, 40), np.uint8), {"threshold": 2.0}, "threshold <= 1"),
+    (np.zeros((40, 40), np.uint8), {"overlap": 1.0}, "overlap must be in"),
 ])
-def test_bad_inputs_are_refused_with_their_shape(pyfunc, shape, error, message):
-    with pytest.raises(error, match=message):
-        pyfunc.predict(np.zeros(shape, np.uint8))
-
-
-def test_unsupported_pixel_type_is_refused(pyfunc):
-    with pytest.raises(DataError, match="unsupported pixel type complex"):
-        pyfunc.predict(np.zeros((40, 40), np.complex64))
+def test_bad_inputs_are_refused_as_invalid_parameters_in_one_line(pyfunc, model_input, params, message):
+    """A client's mistake reaches it as MLflow's invalid-parameter error carrying segft's one-line message (the
+    scoring server answers 400 with it)."""
+    with pytest.raises(MlflowException, match=message) as caught:
+        pyfunc.predict(model_input, params=params)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert caught.value.message.startswith("segft: ") and "\n" not in caught.value.message
 
 
 def test_probabilities_and_threshold(pyfunc):

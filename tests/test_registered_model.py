@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,8 +80,8 @@ def test_champion_is_the_best_validated_finetune_version_and_base_is_the_study_b
     assert champion.run_id == runs[best].info.run_id
     assert result.champion == f"models:/segft-finetuned/{champion.version}"
     assert _version(client, "base").run_id == runs["base/r0"].info.run_id
-    assert champion.tags["arm"] == "finetune" and _version(client, "base").tags["arm"] == "raw"
-    assert {"run_id", "n_images", "test_dice_dataset1", "val_dice_dataset2"} <= set(champion.tags)
+    assert champion.tags["segft.arm"] == "finetune" and _version(client, "base").tags["segft.arm"] == "raw"
+    assert {"n_images", "test_dice_dataset1", "val_dice_dataset2"} <= set(champion.tags)
     assert client.get_run(result.parent_run_id).data.tags["segft.champion"] == result.champion
 
 
@@ -145,3 +146,15 @@ def test_mlflow_models_serve_answers_with_a_mask(study, tmp_path):
             mask = np.array(json.loads(response.read())["predictions"])
         assert mask.shape == image.shape
         np.testing.assert_array_equal(mask, mlflow.pyfunc.load_model(CHAMPION).predict(image))
+
+        # a client's mistake comes back as MLflow's invalid-parameter error with segft's one line at the top
+        for body, message in (({"inputs": [1, 2, 3]}, "expected an image"),
+                              ({"inputs": image[:64, :64].tolist(), "params": {"batch_size": 0}}, "batch_size >= 1")):
+            bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(bad, timeout=120)
+            answer = json.loads(caught.value.read())
+            assert caught.value.code == 400
+            assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert answer["message"].startswith("segft: ") and message in answer["message"], answer["message"]
