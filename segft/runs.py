@@ -198,7 +198,8 @@ def describe(spec: RunSpec, metrics: dict[str, float], val_metrics: dict[str, fl
                        for dataset in (schema.DATASET1, schema.DATASET2))
     validation = (f"; validation Dice {val_metrics[schema.VALIDATION_METRIC]:.3f} on {len(spec.validation_set)} "
                   "Dataset 2 pool images it did not train on" if val_metrics else "")
-    return (f"{spec.run_name}: {spec.role} ({spec.arm}) trained {start} on {len(spec.train_set)} images "
+    kind = spec.role if spec.role == spec.arm else f"{spec.role} ({spec.arm})"
+    return (f"{spec.run_name}: {kind} trained {start} on {len(spec.train_set)} images "
             f"({spec.train_set.name}) for {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
             f"{config.model.arch} {config.model.encoder}. Test Dice: {scores}{validation}.")
 

@@ -84,6 +84,11 @@ def input_name(dataset: str, part: str) -> str:
 #: MLflow's experiment tag that makes its UI open an experiment as model training (not GenAI traces).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3's UI starts in GenAI mode (a global toggle kept in the browser) whatever the kind tag says; this query
+#: opens an experiment's page in model-training mode, on its runs.
+UI_MODEL_TRAINING_QUERY = "workflowType=machine_learning"
+#: ``mlflow ui``'s address, for links when the tracking URI is a local store.
+DEFAULT_UI = "http://127.0.0.1:5000"
 #: MLflow's tag holding a run's (or an experiment's) description, shown in the UI.
 DESCRIPTION_TAG = "mlflow.note.content"
 

@@ -468,6 +468,15 @@ def model_source_run(model_uri: str) -> str | None:
     return MlflowClient().get_model_version_by_alias(name, alias).run_id if alias else None
 
 
+def ui_link(run_id: str) -> str:
+    """The MLflow UI's page of the experiment holding run ``run_id``, opened in model-training mode: on the tracking
+    server when the tracking URI is one, else on ``mlflow ui``'s default address."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else schema.DEFAULT_UI
+    return f"{base}/#/experiments/{experiment_id}?{schema.UI_MODEL_TRAINING_QUERY}"
+
+
 def tracking_uri() -> str:
     """Where runs go: ``MLFLOW_TRACKING_URI`` when set, else MLflow's default (``sqlite:///mlflow.db``)."""
     return mlflow.get_tracking_uri()

@@ -64,18 +64,22 @@ def loopback_process(command: list[str], ready_url: str, log_path: Path, timeout
                 process.wait()
 
 
-@pytest.fixture(autouse=True)
-def no_active_experiment(monkeypatch):
-    """Each test starts with no active MLflow experiment: ``segft`` commands call ``mlflow.set_experiment``, which
-    keeps the experiment's id in the process (and in ``MLFLOW_EXPERIMENT_ID``), and the next test's store would
-    not have it."""
+def forget_active_experiment() -> None:
+    """Drop the experiment ``mlflow.set_experiment`` made active in this process (and in ``MLFLOW_EXPERIMENT_ID``,
+    which subprocesses inherit): the next test's store does not have it."""
     import mlflow.tracking.fluent
 
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mlflow.tracking.fluent._active_experiment_id = None
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"):
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def no_active_experiment():
+    """Each test starts and ends with no active MLflow experiment (``segft`` commands set one)."""
+    forget_active_experiment()
     yield
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    os.environ.pop("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", None)
+    forget_active_experiment()
 
 
 @pytest.fixture()

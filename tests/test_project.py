@@ -32,7 +32,8 @@ def project_runs(tmp_path_factory, tiny_data):
     """Run ``base`` then ``finetune`` as a user would, in a fresh working directory and tracking store."""
     workdir = tmp_path_factory.mktemp("work")
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+    user_env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_EXPERIMENT")}
+    env = {**user_env, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     params = {**TINY, "data_dir": str(tiny_data)}
     for entry_point, extra in (("base", {}), ("finetune", {"n_images": "2"})):

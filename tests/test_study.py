@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html.parser
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -145,3 +147,86 @@ def test_report_files_and_html_without_network_resources(study):
     logged = {f.path for f in client.list_artifacts(first.parent_run_id, "report")}
     assert "report/report.html" in logged
     assert "study" in text_summary(report).lower()
+
+
+# ------------------------------------------------------------------------------ in a real browser (issue 14)
+
+#: Where the browser test leaves its screenshots (ignored by git; CI may keep the folder as an artifact).
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium from the distribution's packages (``chromium``, ``chromium-driver``), driven by Selenium
+    with the driver on PATH: nothing is downloaded at run time."""
+    binary, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("no Chromium here: install the distribution's chromium and chromium-driver packages (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1500,1100"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield browser
+    browser.quit()
+
+
+def _wait(browser, condition, timeout: float = 60):
+    """Wait for ``condition``; on a timeout, keep a screenshot of what the page showed instead."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(browser, timeout, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        browser.save_screenshot(str(SCREENSHOTS / "timeout.png"))
+        text = browser.find_element("tag name", "body").text
+        raise AssertionError(f"the page at {browser.current_url} did not show what was expected: {text[:1500]}")
+
+
+def test_the_report_draws_its_figures_and_grid_in_a_browser_without_errors(study, chromium):
+    _, _, _, report, _ = study
+    chromium.get((report.directory / "report.html").as_uri())
+    traces = _wait(chromium, lambda b: b.execute_script(
+        "const plots = [...document.querySelectorAll('.js-plotly-plot')];"
+        "return plots.length && plots.every(p => p._fullData && p._fullData.length) ? plots.map(p => p._fullData.length)"
+        " : false;"))
+    assert len(traces) >= 2 and min(traces) >= 1  # Dice against images, and the forgetting plot
+    grid = chromium.execute_script("return [...document.images].filter(i => i.src.startsWith('data:image/'))"
+                                   ".map(i => i.complete && i.naturalWidth > 0);")
+    assert grid and all(grid)
+    chromium.save_screenshot(str(SCREENSHOTS / "report.png"))
+    errors = [entry for entry in chromium.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+
+
+def test_the_mlflow_ui_shows_the_study_as_model_training_runs_with_datasets_and_named_models(study, mlflow_server,
+                                                                                             chromium):
+    """The link segft prints (``tracking.ui_link``) opens the experiment's runs in model-training mode: MLflow
+    3.17's UI otherwise starts in GenAI mode whatever the experiment's kind tag says (a global toggle)."""
+    from segft import tracking
+
+    _, first, _, _, client = study
+    parent = client.get_run(first.parent_run_id)
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        link = tracking.ui_link(first.parent_run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert link == f"{mlflow_server}/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning"
+    body = lambda b: b.find_element("tag name", "body").text  # noqa: E731
+    chromium.get(link)
+    _wait(chromium, lambda b: f"study-{first.study_id}" in body(b) and "Dataset" in body(b))
+    assert "/runs" in chromium.current_url
+    chromium.save_screenshot(str(SCREENSHOTS / "mlflow-runs.png"))
+    run_id = first.runs["finetune/n1/r0"].run_id
+    chromium.get(f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{run_id}?workflowType=machine_learning")
+    _wait(chromium, lambda b: all(text in body(b) for text in ("dataset2-train", "System metrics", "Test Dice")))
+    chromium.save_screenshot(str(SCREENSHOTS / "mlflow-run.png"))
+    chromium.get(f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/models?workflowType=machine_learning")
+    _wait(chromium, lambda b: "finetune-n1-r0" in body(b) and "base-r0" in body(b))
+    chromium.save_screenshot(str(SCREENSHOTS / "mlflow-models.png"))
