@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,22 @@ def test_predict_memory_benchmark_smoke(tmp_path):
     assert report["baseline_rss_mb"] > 0 and all(row["peak_rss_mb"] > 0 for row in report["sizes"])
     assert report["criterion"]["rule"] == "peak(256²) <= 2 x peak(64²) + image bytes(256²)"
     assert {"command", "commit", "date", "machine"} <= report.keys()
+
+
+def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.sh --smoke``: the check a lent GPU runs first works end to end (tiny, on CPU)."""
+    out = tmp_path / "gpu-check.json"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    completed = subprocess.run(["bash", str(PROJECT / "benchmarks" / "gpu_check.sh"), "--smoke", "--device", "cpu",
+                                "--out", str(out)], capture_output=True, text=True, timeout=600, env=env,
+                               cwd=tmp_path)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["smoke"] and report["device"] == "cpu"
+    assert report["speed"]["inference"][0]["megapixels_per_s"] > 0
+    study = report["protocol_study"]
+    assert study["sequential_wall_s"] > 0 and set(study["runs"]) == {"base/r0", "finetune/n1/r0", "finetune/n2/r0"}
+    bf16 = report["bf16_inference"]
+    assert bf16["images"] == 1 and 0 <= bf16["differing_pixel_share"] <= 1
+    assert {"command", "commit", "date", "machine"} <= report.keys()
+    assert not list(tmp_path.glob("mlflow.db")) and not (PROJECT / "benchmarks" / "results" / "gpu-check-cpu.json").exists()
