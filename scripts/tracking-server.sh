@@ -38,8 +38,12 @@ pid_file=$dir/server.pid
 if [ "$command" = stop ]; then
     [ -f "$pid_file" ] || die "no server running on $dir (no $pid_file)"
     pid=$(cat "$pid_file")
-    kill -TERM "$pid" 2>/dev/null || die "no server running on $dir (process $pid is gone)"
-    for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || { echo "stopped the server on $dir"; exit 0; }; sleep 0.5; done
+    kill -TERM "$pid" 2>/dev/null || { rm -f "$pid_file"; die "no server running on $dir (process $pid is gone)"; }
+    # Done once the server has removed its pid file (it may linger as a zombie until its parent reaps it).
+    for _ in $(seq 120); do
+        [ -f "$pid_file" ] && kill -0 "$pid" 2>/dev/null || { echo "stopped the server on $dir"; exit 0; }
+        sleep 0.5
+    done
     die "the server on $dir (process $pid) did not stop within 60 s"
 fi
 
@@ -94,6 +98,8 @@ if [ ! -f "$dir/postgres/PG_VERSION" ]; then
     "${as_db_owner[@]}" "$pg_bin/initdb" -D "$dir/postgres" -U postgres --encoding=UTF8 --locale=C \
         --auth-local=peer --auth-host=scram-sha-256 >"$dir/logs/initdb.log" 2>&1 \
         || die "initdb failed: see $dir/logs/initdb.log"
+    # Tuning workers on other machines (--host other than loopback) log in as optuna or mlflow, with a password.
+    echo "host all mlflow,optuna all scram-sha-256" >>"$dir/postgres/pg_hba.conf"
 fi
 if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
     die "a server already runs on $dir (process $(cat "$pid_file")): scripts/tracking-server.sh stop --dir $dir"
@@ -113,8 +119,13 @@ trap shutdown EXIT
 echo $$ >"$pid_file"
 
 # PostgreSQL stays a child of this script (no pg_ctl, which detaches it), so ending the script's process group
-# ends it too. Workers on other machines can reach it once it listens there (--db-port, listen_addresses).
-"${as_db_owner[@]}" "$pg_bin/postgres" -D "$dir/postgres" -p "$db_port" -c listen_addresses=127.0.0.1 \
+# ends it too. It listens where MLflow does, so that tuning workers elsewhere can share Optuna's database.
+case $host in
+    127.0.0.1|localhost) listen=127.0.0.1 ;;
+    0.0.0.0|::) listen='*' ;;
+    *) listen=127.0.0.1,$host ;;
+esac
+"${as_db_owner[@]}" "$pg_bin/postgres" -D "$dir/postgres" -p "$db_port" -c listen_addresses="$listen" \
     -c unix_socket_directories="$dir/run" >>"$dir/logs/postgres.log" 2>&1 &
 pg_pid=$!
 for _ in $(seq 60); do
@@ -139,6 +150,13 @@ SELECT 'CREATE DATABASE optuna OWNER optuna' WHERE NOT EXISTS (SELECT FROM pg_da
 SQL
 (umask 077 && printf '127.0.0.1:%s:*:mlflow:%s\n' "$db_port" "$mlflow_password" >"$dir/secrets/pgpass")
 export PGPASSFILE=$dir/secrets/pgpass
+optuna_url=postgresql://optuna@127.0.0.1:$db_port/optuna
+# Optuna's tables, made here once: tuning workers that start together on an empty database would race to create
+# them, and all but one fail (UniqueViolation).
+if "$python" -c "import optuna" 2>/dev/null; then
+    PGPASSWORD=$optuna_password "$python" -c "import sys, optuna; optuna.storages.RDBStorage(sys.argv[1])" \
+        "$optuna_url" || die "could not create Optuna's tables in $optuna_url"
+fi
 
 server=(--host "$host" --port "$port" --backend-store-uri "postgresql://mlflow@127.0.0.1:$db_port/mlflow"
         --artifacts-destination "$dir/artifacts")
@@ -160,11 +178,11 @@ INI
     server+=(--app-name basic-auth)
 fi
 
-shown=$host; [ "$host" = 0.0.0.0 ] && shown=$(hostname)
+shown=$host; case $host in 0.0.0.0|::) shown=$(hostname) ;; esac
 cat <<EOF
 tracking-server: MLflow runs in PostgreSQL, artifacts in $dir/artifacts
   MLflow:  export MLFLOW_TRACKING_URI=http://$shown:$port
-  Optuna:  segft tune --storage postgresql://optuna@127.0.0.1:$db_port/optuna
+  Optuna:  segft tune --storage postgresql://optuna@$shown:$db_port/optuna
            with export SEGFT_STORAGE_PASSWORD=\$(cat $dir/secrets/postgres-optuna-password)
 EOF
 [ "$auth" = 1 ] && cat <<EOF
