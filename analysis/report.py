@@ -182,12 +182,13 @@ def build_report(config: ReportConfig) -> Report:
 
 
 def _ui_hint(report: Report) -> str:
-    path = f"#/experiments/{report.experiment_id}/runs/{report.parent_run_id}"
+    """Where to see the study's parent run in MLflow's UI, opened in model-training mode (``schema``)."""
+    path = f"#/experiments/{report.experiment_id}/runs/{report.parent_run_id}?{schema.UI_MODEL_TRAINING_QUERY}"
     uri = _without_password(report.tracking_uri)
     if uri.startswith(("http://", "https://")):
         return f"Browse the runs at {uri.rstrip('/')}/{path}"
     return (f"Browse the runs: mlflow ui --backend-store-uri {uri}  "
-            f"then open http://127.0.0.1:5000/{path}")
+            f"then open {schema.DEFAULT_UI}/{path}")
 
 
 def text_summary(report: Report) -> str:

@@ -137,12 +137,6 @@ def _run_study(args: argparse.Namespace) -> None:
     if result.champion:
         print(f"recommended model (validation Dice on held-out pool images): {result.champion}, alias "
               f"models:/{config.registry.finetuned_model_name}@champion")
-    from segft import tracking
-    from segft.urls import redact
-
-    local = not tracking.tracking_uri().startswith(("http://", "https://"))
-    print(f"browse the runs: {'run `mlflow ui`, then open ' if local else ''}"
-          f"{redact(tracking.ui_link(result.parent_run_id))}")
 
 
 def _run_tune(args: argparse.Namespace) -> None:

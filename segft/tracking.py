@@ -14,11 +14,13 @@ import contextlib
 import dataclasses
 import io
 import os
+import random
 import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import mlflow
 import numpy as np
@@ -33,6 +35,7 @@ from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_SYSTEM_METRICS_SA
 from segft import schema
 from segft.urls import redact
 
+T = TypeVar("T")
 #: MLflow refuses parameter values longer than this; longer ones go to ``split.json`` only.
 MAX_PARAM_LENGTH = 6000
 
@@ -54,7 +57,7 @@ def use_experiment(name: str, system_metrics: bool, description: str) -> str:
         The experiment's id.
     """
     if not MLFLOW_RUN_ID.get():
-        mlflow.set_experiment(name)
+        once_more(lambda: mlflow.set_experiment(name))
     if system_metrics:
         mlflow.enable_system_metrics_logging()
         if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get():
@@ -65,10 +68,24 @@ def use_experiment(name: str, system_metrics: bool, description: str) -> str:
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     if schema.EXPERIMENT_KIND_TAG not in tags:
-        client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
+        once_more(lambda: client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND))
     if not tags.get(schema.DESCRIPTION_TAG):
-        client.set_experiment_tag(experiment_id, schema.DESCRIPTION_TAG, description)
+        once_more(lambda: client.set_experiment_tag(experiment_id, schema.DESCRIPTION_TAG, description))
     return experiment_id
+
+
+def once_more(write: Callable[[], T]) -> T:
+    """Run a write to the store, and once more after a short random pause if MLflow refused it.
+
+    Two processes opening the same new experiment, or logging the same dataset, at the same moment can both find
+    the row missing and both insert it (MLflow's server looks a row up, then inserts it): the loser gets a unique
+    violation, and its second try finds the row and succeeds.
+    """
+    try:
+        return write()
+    except mlflow.exceptions.MlflowException:
+        time.sleep(random.uniform(0.2, 1.0))
+        return write()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +120,7 @@ class DatasetInput:
 def log_inputs(inputs: list[DatasetInput]) -> None:
     """Log each dataset input on the active run, with its context and image count (the UI's Datasets column)."""
     for item in inputs:
-        mlflow.log_input(item.as_mlflow(), context=item.context, tags={"images": str(item.images)})
+        once_more(lambda: mlflow.log_input(item.as_mlflow(), context=item.context, tags={"images": str(item.images)}))
 
 
 def describe_run(text: str) -> None:
@@ -466,15 +483,6 @@ def model_source_run(model_uri: str) -> str | None:
         return MlflowClient().get_model_version(name, version).run_id
     name, _, alias = reference.partition("@")
     return MlflowClient().get_model_version_by_alias(name, alias).run_id if alias else None
-
-
-def ui_link(run_id: str) -> str:
-    """The MLflow UI's page of the experiment holding run ``run_id``, opened in model-training mode: on the tracking
-    server when the tracking URI is one, else on ``mlflow ui``'s default address."""
-    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
-    uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else schema.DEFAULT_UI
-    return f"{base}/#/experiments/{experiment_id}?{schema.UI_MODEL_TRAINING_QUERY}"
 
 
 def tracking_uri() -> str:

@@ -206,18 +206,14 @@ def test_the_report_draws_its_figures_and_grid_in_a_browser_without_errors(study
 
 def test_the_mlflow_ui_shows_the_study_as_model_training_runs_with_datasets_and_named_models(study, mlflow_server,
                                                                                              chromium):
-    """The link segft prints (``tracking.ui_link``) opens the experiment's runs in model-training mode: MLflow
-    3.17's UI otherwise starts in GenAI mode whatever the experiment's kind tag says (a global toggle)."""
-    from segft import tracking
+    """The link the study's summary prints opens the experiment's runs in model-training mode: MLflow 3.17's UI
+    otherwise starts in GenAI mode whatever the experiment's kind tag says (a global toggle kept in the browser)."""
+    from segft import schema
 
-    _, first, _, _, client = study
+    _, first, _, report, client = study
     parent = client.get_run(first.parent_run_id)
-    mlflow.set_tracking_uri(mlflow_server)
-    try:
-        link = tracking.ui_link(first.parent_run_id)
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert link == f"{mlflow_server}/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning"
+    assert f"/runs/{first.parent_run_id}?{schema.UI_MODEL_TRAINING_QUERY}" in text_summary(report)
+    link = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}?{schema.UI_MODEL_TRAINING_QUERY}"
     body = lambda b: b.find_element("tag name", "body").text  # noqa: E731
     chromium.get(link)
     _wait(chromium, lambda b: f"study-{first.study_id}" in body(b) and "Dataset" in body(b))
