@@ -237,8 +237,8 @@ def _run_threshold(prepared: Prepared, study_tags: dict[str, str]) -> RunResult:
         results = [r for test_set in split.test_sets()
                    for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
         metrics = log_test_scores(results, split)
-        tracking.describe_run(f"threshold: Otsu's threshold per test image, no training; polarity chosen on "
-                              f"Dataset 1's training images and Dataset 2's pool. Test Dice: " + ", ".join(
+        tracking.describe_run("threshold: Otsu's threshold per test image, no training; polarity chosen on "
+                              "Dataset 1's training images and Dataset 2's pool. Test Dice: " + ", ".join(
                                   f"{name} {value:.3f}" for name, value in metrics.items() if "_dice_" in name) + ".")
     return RunResult(run.info.run_id, "", metrics)
 

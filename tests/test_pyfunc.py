@@ -18,7 +18,7 @@ from conftest import perturbed_model
 from segft import tracking
 from segft.checkpoint import WEIGHTS_FILE, CheckpointError, InferenceSettings, save_checkpoint
 from segft.config import ModelConfig
-from segft.data.readers import DataError, to_single_channel
+from segft.data.readers import to_single_channel
 from segft.inference import SlidingWindowSegmenter
 from segft.pyfunc import as_images, example_image, pyfunc_arguments
 
