@@ -41,7 +41,7 @@ def base_run(tmp_path_factory, tiny_data, empty_sqlite_store):
     patch.chdir(root)
     mlflow.set_tracking_uri(uri)
     try:
-        result = run_base(BaseConfig(train=tiny_train(tiny_data, epochs=6)))
+        result = run_base(BaseConfig(train=tiny_train(tiny_data, epochs=12)))  # several 1 s samples
     finally:
         mlflow.set_tracking_uri(None)
         patch.undo()
