@@ -14,7 +14,6 @@ import html
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from mlflow import MlflowClient
 from analysis import figures, grid, plotly_inline, query, summary
 from segft import quality, schema
 from segft.config import ReportConfig
+from segft.urls import redact
 
 #: The full-resolution overlay grid, beside the page; the page holds a lighter copy and links to it.
 GRID_FILE = "grid.png"
@@ -77,12 +77,6 @@ def _table_html(table: pd.DataFrame) -> str:
     return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
 
 
-def _without_password(uri: str) -> str:
-    """The URI without user info: the page is logged to the server and may be shared."""
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
-
-
 def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: dict[str, go.Figure],
           overlay_grid: np.ndarray, grid_note: str) -> str:
     """The report page: plotly.js once, then the figures; the grid as a JPEG linking to ``GRID_FILE``."""
@@ -102,7 +96,7 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 </head><body>
 <h1>segft study <code>{e(report.study_id)}</code></h1>
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
-<code>{e(_without_password(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
+<code>{e(redact(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
 <h2>Findings</h2><p>Each finding is decided on an interval: yes, no, or undecided when the interval straddles
 the bound.</p>{_table_html(report.findings)}
@@ -184,7 +178,7 @@ def build_report(config: ReportConfig) -> Report:
 def _ui_hint(report: Report) -> str:
     """Where to see the study's parent run in MLflow's UI, opened in model-training mode (``schema``)."""
     path = f"#/experiments/{report.experiment_id}/runs/{report.parent_run_id}?{schema.UI_MODEL_TRAINING_QUERY}"
-    uri = _without_password(report.tracking_uri)
+    uri = redact(report.tracking_uri)
     if uri.startswith(("http://", "https://")):
         return f"Browse the runs at {uri.rstrip('/')}/{path}"
     return (f"Browse the runs: mlflow ui --backend-store-uri {uri}  "

@@ -66,6 +66,7 @@ class Prepared:
     split: StudySplit
     digest: str
     device: torch.device
+    test_inputs: tuple[tracking.DatasetInput, ...] = ()
 
 
 def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
@@ -83,7 +84,7 @@ def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
     split = split_study(data, config.split)
     for n in n_images:
         split.finetune_subset(n)
-    return Prepared(data, split, data.digest(), device)
+    return Prepared(data, split, data.digest(), device, test_set_inputs(split))
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
                              "train_patches": len(patches)})
         validation = {"validation": list(spec.validation_set.names)} if spec.validation_set else {}
         tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
-        tracking.log_inputs([training_input, *([validation_input] if validation_input else []), *test_set_inputs(split)])
+        tracking.log_inputs([training_input, *([validation_input] if validation_input else []), *prepared.test_inputs])
         train(model, patches, config, description=spec.run_name,
               on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts))
         with tempfile.TemporaryDirectory() as tmp:
@@ -153,8 +154,8 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
             model_id = tracking.log_model(pyfunc_arguments(checkpoint), spec.run_name)
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
                                            channels_last=config.channels_last)
-        metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)], split,
-                                  model_id)
+        metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)],
+                                  prepared, model_id)
         val_metrics, val_table = {}, None
         if spec.validation_set:
             val_table = evaluation_table(evaluate(segmenter, spec.validation_set))
@@ -186,7 +187,8 @@ def dataset_input(image_set: ImageSet, part: str, context: str) -> tracking.Data
 
 
 def test_set_inputs(split: StudySplit) -> list[tracking.DatasetInput]:
-    """Both test sets as dataset inputs (``dataset1-test``, ``dataset2-test``)."""
+    """Both test sets as dataset inputs (``dataset1-test``, ``dataset2-test``); ``prepare`` digests them once per
+    command."""
     return [dataset_input(test_set, "test", schema.TEST_CONTEXT) for test_set in split.test_sets()]
 
 
@@ -204,7 +206,7 @@ def describe(spec: RunSpec, metrics: dict[str, float], val_metrics: dict[str, fl
             f"{config.model.arch} {config.model.encoder}. Test Dice: {scores}{validation}.")
 
 
-def log_test_scores(results: list[ImageResult], split: StudySplit, model_id: str | None = None) -> dict[str, float]:
+def log_test_scores(results: list[ImageResult], prepared: Prepared, model_id: str | None = None) -> dict[str, float]:
     """Log the test images' scores on the active run: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>``, each
     linked to its test set (and to the logged model ``model_id``), the per-image table, and per image an overlay of prediction against truth and the
     predicted mask (0/255).
@@ -215,8 +217,8 @@ def log_test_scores(results: list[ImageResult], split: StudySplit, model_id: str
     table = evaluation_table(results)
     metrics = dataset_metrics(table, schema.TEST)
     by_input = {item: {name: value for name, value in metrics.items() if name.endswith(f"_{test_set.name}")}
-                for item, test_set in zip(test_set_inputs(split), split.test_sets())}
-    test_images = split.test_images()
+                for item, test_set in zip(prepared.test_inputs, prepared.split.test_sets())}
+    test_images = prepared.split.test_images()
     images = {}
     for r in results:
         image, mask = test_images[(r.dataset, r.name)]

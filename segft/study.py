@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from segft import quality, schema, tracking
 from segft.config import StudyConfig, TrainConfig
 from segft.runs import (BaseModel, Prepared, RunResult, RunSpec, base_spec, execute, fresh_model, left_out_of_pool,
-                        load_base, log_study_data, log_test_scores, model_from_base, prepare, test_set_inputs,
-                        track_in, train_base)
+                        load_base, log_study_data, log_test_scores, model_from_base, prepare, track_in,
+                        train_base)
 from segft.threshold import ThresholdSegmenter, choose_polarity
 from segft.training import evaluate
 
@@ -233,10 +233,10 @@ def _run_threshold(prepared: Prepared, study_tags: dict[str, str]) -> RunResult:
         tracking.log_params({"arm": schema.THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": prepared.digest,
                              **{f"threshold_polarity_{name}": p for name, p in polarities.items()},
                              **{f"threshold_polarity_chosen_on_{name}": part for name, (part, _) in chosen_on.items()}})
-        tracking.log_inputs(test_set_inputs(split))
+        tracking.log_inputs(list(prepared.test_inputs))
         results = [r for test_set in split.test_sets()
                    for r in evaluate(ThresholdSegmenter(polarities[test_set.name]), test_set)]
-        metrics = log_test_scores(results, split)
+        metrics = log_test_scores(results, prepared)
         tracking.describe_run("threshold: Otsu's threshold per test image, no training; polarity chosen on "
                               "Dataset 1's training images and Dataset 2's pool. Test Dice: " + ", ".join(
                                   f"{name} {value:.3f}" for name, value in metrics.items() if "_dice_" in name) + ".")
