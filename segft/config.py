@@ -232,6 +232,45 @@ class TrackingConfig:
             raise ValueError("experiment must name an MLflow experiment, got an empty name")
 
 
+#: Where a study's runs or a tuning's trials execute (see ``ExecutorConfig.executor``).
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where a study's runs, or a tuning's workers, execute; never part of what a study computes (its id).
+
+    Attributes:
+        executor: ``local`` (in this process, one run after the other) or ``ray`` (each run, or each tuning worker,
+            is a Ray task: the base models first, then the arms; needs the ``ray`` extra).
+        ray_address: Ray cluster to submit to (``auto``, ``ray://host:10001``...); empty starts a local Ray
+            instance with this machine's CPUs and GPUs. Workers on other machines must reach the tracking server
+            (and the tuning storage), and the data folder at the same path.
+        cpus_per_run: CPUs each Ray task asks for; a task's PyTorch uses that many threads.
+        gpus_per_run: GPUs each Ray task asks for; fractions share a GPU (0.25: four fine-tunes on one GPU, each
+            in its own process with its own CUDA graph and stream).
+        task_retries: Times Ray starts a task again whose worker died (killed, out of memory, node lost); its
+            unfinished run is marked FAILED first. After the last try the run is marked FAILED and the command
+            fails once every other task has ended.
+    """
+
+    executor: str = "local"
+    ray_address: str = ""
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    task_retries: int = 2
+
+    def __post_init__(self) -> None:
+        refuse_non_finite(self)
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; choose from {list(EXECUTORS)}")
+        if self.cpus_per_run <= 0 or self.gpus_per_run < 0 or self.task_retries < 0:
+            raise ValueError(f"need cpus_per_run > 0, gpus_per_run >= 0 and task_retries >= 0, got "
+                             f"{self.cpus_per_run}, {self.gpus_per_run}, {self.task_retries}")
+        if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
+            raise ValueError(f"gpus_per_run above 1 must be a whole number (Ray's rule), got {self.gpus_per_run}")
+
+
 @dataclass(frozen=True)
 class BaseConfig:
     """The ``base`` command: train on Dataset 1, evaluate on both test sets."""
@@ -291,6 +330,7 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    execution: ExecutorConfig = field(default_factory=ExecutorConfig)
     sizes: tuple[int, ...] = (5, 10, 15, 20)
     repeats: int = 3
     arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
@@ -404,8 +444,10 @@ class TuneConfig:
         n_images: Pool images to fine-tune with (``target=finetune``); must be below ``dataset2_pool_images``.
         base_model: Model URI the fine-tuning trials start from; empty for the newest registered base model of
             the same data and encoder (trained first if there is none).
-        n_trials: Trials this call runs (each worker sharing a study runs this many more); 0 only reports or
-            applies the study's best so far.
+        n_trials: Trials this call runs, split among its ``workers`` (each other call sharing the study runs its
+            own); 0 only reports or applies the study's best so far.
+        workers: Tuning workers this call runs at once, each a Ray task (``executor=ray``) drawing trials from the
+            same Optuna study; 1 with the ``local`` executor.
         timeout: Stop starting new trials after this many seconds; 0 for no limit.
         lr_min: Lower end of the learning-rate search range (sampled log-uniformly).
         lr_max: Upper end of the learning-rate search range.
@@ -424,10 +466,12 @@ class TuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    execution: ExecutorConfig = field(default_factory=ExecutorConfig)
     target: str = "finetune"
     n_images: int = 5
     base_model: str = ""
     n_trials: int = 20
+    workers: int = 1
     timeout: float = 0.0
     lr_min: float = 1e-6
     lr_max: float = 1e-2
@@ -454,6 +498,9 @@ class TuneConfig:
             raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
         if self.n_images < 1 or self.report_every < 1:
             raise ValueError(f"n_images and report_every must be >= 1, got {self.n_images}, {self.report_every}")
+        if self.workers < 1 or (self.workers > 1 and self.execution.executor != "ray"):
+            raise ValueError(f"workers must be >= 1, and more than 1 needs executor ray, got {self.workers} with "
+                             f"executor {self.execution.executor!r}")
         if self.n_trials < 0 or self.timeout < 0 or self.pruner_startup_trials < 0:
             raise ValueError(f"n_trials, timeout and pruner_startup_trials must be >= 0, got {self.n_trials}, "
                              f"{self.timeout}, {self.pruner_startup_trials}")

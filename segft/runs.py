@@ -68,6 +68,10 @@ class Prepared:
     device: torch.device
     test_inputs: tuple[tracking.DatasetInput, ...] = ()
 
+    def on_device(self, device: str) -> Prepared:
+        """The same data on ``device`` resolved here (a Ray worker has its own GPUs, or none)."""
+        return dataclasses.replace(self, device=resolve_device(device))
+
 
 def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
     """Resolve the device, check the model settings, load and validate the data (``config.data_dir``, or the
@@ -105,6 +109,8 @@ class RunSpec:
             champion by them.
         nested: Start the run as a child of the active run (studies).
         new_run: Create a new run even under ``mlflow run`` (see ``tracking.start_run``).
+        parent_run_id: Start the run as a child of this run, active in this process or not (a study's run in a
+            Ray task).
     """
 
     role: str
@@ -119,6 +125,7 @@ class RunSpec:
     validation_set: ImageSet | None = None
     nested: bool = False
     new_run: bool = False
+    parent_run_id: str | None = None
 
 
 def fresh_model(config: TrainConfig) -> nn.Module:
@@ -139,7 +146,8 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
     training_input = dataset_input(spec.train_set, "train", schema.TRAINING_CONTEXT)
     validation_input = (dataset_input(spec.validation_set, "validation", schema.VALIDATION_CONTEXT)
                         if spec.validation_set else None)
-    with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested) as run:
+    with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested,
+                            parent_run_id=spec.parent_run_id) as run:
         tracking.log_params({**tracking.flatten_config(config), "n_images": spec.n_images, **spec.params,
                              "data_digest": prepared.digest, "data_source": spec.train_set.source,
                              "train_patches": len(patches)})
@@ -271,14 +279,14 @@ def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
 
 def base_spec(config: TrainConfig, registry: RegistryConfig, prepared: Prepared, repeat: int = 0,
               tags: dict[str, str] | None = None, run_name: str = "base", nested: bool = False,
-              new_run: bool = False) -> RunSpec:
+              new_run: bool = False, parent_run_id: str | None = None) -> RunSpec:
     """A base-training run: Dataset 1's training images, registered under ``registry.base_model_name`` with its
     ``base_key``."""
     key = base_key(config, prepared.split, prepared.digest)
     return RunSpec(role=schema.ROLE_BASE, arm=schema.RAW_ARM, config=config, train_set=prepared.split.base_train,
                    registered_name=registry.base_model_name, n_images=0, run_name=run_name,
                    params={"repeat": repeat, "base_key": key}, tags={**(tags or {}), schema.BASE_KEY_TAG: key},
-                   nested=nested, new_run=new_run)
+                   nested=nested, new_run=new_run, parent_run_id=parent_run_id)
 
 
 def train_base(spec: RunSpec, prepared: Prepared) -> RunResult:

@@ -30,6 +30,8 @@ BEST_TRIAL_TAG = "segft.best_trial"
 HOST_TAG = "segft.host"
 PID_TAG = "segft.pid"
 PID_STARTED_TAG = "segft.pid_started"
+#: The Ray task that runs a run (``--executor ray``): a retried task first marks its dead attempts' runs FAILED.
+RAY_TASK_TAG = "segft.ray_task"
 #: Why a run ended FAILED or KILLED, in one line.
 ERROR_TAG = "segft.error"
 #: On a registered model version: the status of its run when that run did not finish (never reused or aliased).

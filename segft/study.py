@@ -22,8 +22,8 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from segft import quality, schema, tracking
-from segft.config import StudyConfig, TrainConfig
+from segft import executor, quality, schema, tracking
+from segft.config import ExecutorConfig, StudyConfig, TrainConfig
 from segft.runs import (BaseModel, Prepared, RunResult, RunSpec, base_spec, execute, fresh_model, left_out_of_pool,
                         load_base, log_study_data, log_test_scores, model_from_base, prepare, track_in,
                         train_base)
@@ -48,9 +48,11 @@ class PlannedRun:
 
 def study_id(config: StudyConfig, data_digest: str) -> str:
     """Digest of everything that determines the study's results and where its runs live (its experiment), not
-    where its report goes or whether system metrics are logged."""
+    where its report goes, whether system metrics are logged or where the runs execute (a study started in
+    process can be resumed on Ray)."""
     settings = dataclasses.asdict(dataclasses.replace(
-        config, report_dir="", tracking=dataclasses.replace(config.tracking, system_metrics=True)))
+        config, report_dir="", tracking=dataclasses.replace(config.tracking, system_metrics=True),
+        execution=ExecutorConfig()))
     text = json.dumps(settings, sort_keys=True, default=str) + data_digest
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -142,7 +144,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts.
 
     A resumed study first marks its runs that an earlier, killed start left RUNNING as FAILED
-    (``tracking.fail_dead_runs``), then reuses every finished run and trains the others again.
+    (``tracking.fail_dead_runs``), then reuses every finished run and trains the others again: in this process,
+    one after the other, or as Ray tasks (``config.execution``), the base models first, then the arms.
     """
     train = config.train
     prepared = prepare(train, config.sizes)
@@ -152,29 +155,16 @@ def run_study(config: StudyConfig) -> StudyResult:
     tracking.fail_dead_runs(f"tags.`{schema.STUDY_TAG}` = '{sid}'")  # an earlier start killed mid-run
     finished = {key: _as_result(run) for key, run in tracking.finished_study_runs(sid).items()}
     parent_tags = {schema.ROLE_TAG: schema.ROLE_STUDY, schema.STUDY_TAG: sid, schema.DIGEST_TAG: prepared.digest}
-    results: dict[str, RunResult] = {}
     with tracking.start_run(f"study-{sid}", parent_tags, run_id=tracking.study_parent_to_resume(sid)) as parent:
         tracking.log_params({**tracking.flatten_config(config), "data_digest": prepared.digest, "study_id": sid})
         log_study_data(prepared.split)
-        child_tags = {schema.STUDY_TAG: sid}
-        for repeat in base_repeats(config):  # the raw arm: one base model per repeat, or one for all
-            key = base_run_key(repeat)
-            spec = base_spec(dataclasses.replace(train, seed=train.seed + repeat), config.registry, prepared,
-                             repeat=repeat, run_name=f"base-r{repeat}", nested=True,
-                             tags={**child_tags, schema.RUN_KEY_TAG: key, schema.REPEAT_TAG: str(repeat)})
-            results[key] = finished.get(key) or train_base(spec, prepared)
-        if schema.THRESHOLD_ARM in config.arms:
-            results[schema.THRESHOLD_ARM] = (finished.get(schema.THRESHOLD_ARM)
-                                             or _run_threshold(prepared, child_tags))
-        base = None
-        for planned in tqdm(plan, desc=f"study {sid}", unit="run"):
-            if planned.key in finished:
-                results[planned.key] = finished[planned.key]
-                continue
-            base_uri = results[base_run_key(planned.repeat if config.base_per_repeat else 0)].model_uri
-            if planned.arm != schema.SCRATCH_ARM and (base is None or base.uri != base_uri):  # downloaded once
-                base = load_base(base_uri, train, prepared)
-            results[planned.key] = execute(*_arm_run(planned, config, prepared, base, child_tags), prepared)
+        runs = StudyRuns(config, prepared, sid, parent.info.run_id)
+        done = dict(finished)
+        if schema.THRESHOLD_ARM in config.arms and schema.THRESHOLD_ARM not in done:
+            done[schema.THRESHOLD_ARM] = _run_threshold(runs)
+        run_all = _run_on_ray if config.execution.executor == "ray" else _run_in_process
+        done.update(run_all(runs, plan, finished))
+        results = {key: done[key] for key in runs.keys(plan) if key in done}
         champion = _set_aliases(config, plan, results)
         tracking.describe_run(
             f"study {sid}: arms {', '.join(config.arms)} with {', '.join(map(str, config.sizes))} Dataset 2 images, "
@@ -182,6 +172,89 @@ def run_study(config: StudyConfig) -> StudyResult:
             f"{len(results)} child runs. Recommended model (validation Dice): {champion.model_uri if champion else 'none'}.")
     reused = tuple(key for key in results if key in finished)
     return StudyResult(sid, parent.info.run_id, results, reused, champion.model_uri if champion else None)
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """What every child run of one study shares, and how each one is trained; sent whole to every Ray worker."""
+
+    config: StudyConfig
+    prepared: Prepared
+    study_id: str
+    parent_run_id: str
+
+    @property
+    def child_tags(self) -> dict[str, str]:
+        return {schema.STUDY_TAG: self.study_id}
+
+    def keys(self, plan: list[PlannedRun]) -> list[str]:
+        """Every child run's key, in the order a study reports them: base models, threshold, then the plan."""
+        return [*map(base_run_key, base_repeats(self.config)), schema.THRESHOLD_ARM, *(p.key for p in plan)]
+
+    def base_of(self, planned: PlannedRun) -> str:
+        """Key of the base model run ``planned`` starts from (the scratch arm uses none, but waits for it)."""
+        return base_run_key(planned.repeat if self.config.base_per_repeat else 0)
+
+    def in_worker(self) -> StudyRuns:
+        """This study's runs on the device resolved in this (Ray worker) process."""
+        return dataclasses.replace(self, prepared=self.prepared.on_device(self.config.train.device))
+
+    def train_base(self, repeat: int) -> RunResult:
+        """The raw arm of ``repeat``: a base model trained with seed ``seed + repeat``."""
+        train = self.config.train
+        spec = base_spec(dataclasses.replace(train, seed=train.seed + repeat), self.config.registry, self.prepared,
+                         repeat=repeat, run_name=f"base-r{repeat}", nested=True, parent_run_id=self.parent_run_id,
+                         tags={**self.child_tags, schema.RUN_KEY_TAG: base_run_key(repeat),
+                               schema.REPEAT_TAG: str(repeat)})
+        return train_base(spec, self.prepared)
+
+    def train_arm(self, planned: PlannedRun, base: BaseModel | None) -> RunResult:
+        """One planned run, from ``base`` (None for the scratch arm)."""
+        spec, model = _arm_run(planned, self.config, self.prepared, base, self.child_tags)
+        return execute(dataclasses.replace(spec, parent_run_id=self.parent_run_id), model, self.prepared)
+
+
+def _run_in_process(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str, RunResult]) -> dict[str, RunResult]:
+    """Train every run not in ``finished`` here, one after the other; a base model is downloaded once."""
+    results = {}
+    for repeat in base_repeats(runs.config):
+        key = base_run_key(repeat)
+        results[key] = finished.get(key) or runs.train_base(repeat)
+    base = None
+    for planned in tqdm(plan, desc=f"study {runs.study_id}", unit="run"):
+        if planned.key in finished:
+            continue
+        base_uri = results[runs.base_of(planned)].model_uri
+        if planned.arm != schema.SCRATCH_ARM and (base is None or base.uri != base_uri):
+            base = load_base(base_uri, runs.config.train, runs.prepared)
+        results[planned.key] = runs.train_arm(planned, base)
+    return results
+
+
+def _run_on_ray(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str, RunResult]) -> dict[str, RunResult]:
+    """Train every run not in ``finished`` as a Ray task (``segft.executor``): the base models at once, each arm
+    as soon as its repeat's base model is registered."""
+    execution = runs.config.execution
+    destination = tracking.Destination.of_this_process(runs.config.tracking.system_metrics)
+    with executor.ray_session(execution) as ray:
+        shared = ray.put(runs)
+        bases = {key: finished.get(key) or executor.submit(ray, execution, destination, key, _base_task, shared, repeat)
+                 for repeat in base_repeats(runs.config) for key in [base_run_key(repeat)]}
+        arms = {p.key: executor.submit(ray, execution, destination, p.key, _arm_task, shared, p, bases[runs.base_of(p)])
+                for p in plan if p.key not in finished}
+        submitted = {key: task for key, task in {**bases, **arms}.items() if not isinstance(task, RunResult)}
+        return executor.gather(ray, submitted, f"study {runs.study_id} on Ray")
+
+
+def _base_task(runs: StudyRuns, repeat: int) -> RunResult:
+    return runs.in_worker().train_base(repeat)
+
+
+def _arm_task(runs: StudyRuns, planned: PlannedRun, base_run: RunResult) -> RunResult:
+    runs = runs.in_worker()
+    base = (None if planned.arm == schema.SCRATCH_ARM
+            else load_base(base_run.model_uri, runs.config.train, runs.prepared))
+    return runs.train_arm(planned, base)
 
 
 def base_repeats(config: StudyConfig) -> range:
@@ -220,14 +293,14 @@ def _as_result(run) -> RunResult:
     )
 
 
-def _run_threshold(prepared: Prepared, study_tags: dict[str, str]) -> RunResult:
+def _run_threshold(runs: StudyRuns) -> RunResult:
     """The ``threshold`` arm: Otsu per test image, its polarity chosen per dataset on training or pool images
     (``segft.threshold``); logged like a trained run's evaluation, with no model."""
-    split = prepared.split
+    prepared, split = runs.prepared, runs.prepared.split
     chosen_on = {split.test_dataset1.name: ("dataset1_train", split.base_train),
                  split.test_dataset2.name: ("dataset2_pool", split.finetune_pool)}
     polarities = {name: choose_polarity(images) for name, (_, images) in chosen_on.items()}
-    tags = {**study_tags, schema.ROLE_TAG: schema.THRESHOLD_ARM, schema.ARM_TAG: schema.THRESHOLD_ARM,
+    tags = {**runs.child_tags, schema.ROLE_TAG: schema.THRESHOLD_ARM, schema.ARM_TAG: schema.THRESHOLD_ARM,
             schema.DIGEST_TAG: prepared.digest, schema.RUN_KEY_TAG: schema.THRESHOLD_ARM}
     with tracking.start_run(schema.THRESHOLD_ARM, tags, nested=True) as run:
         tracking.log_params({"arm": schema.THRESHOLD_ARM, "n_images": 0, "repeat": 0, "data_digest": prepared.digest,

@@ -58,12 +58,7 @@ def use_experiment(name: str, system_metrics: bool, description: str) -> str:
     """
     if not MLFLOW_RUN_ID.get():
         once_more(lambda: mlflow.set_experiment(name))
-    if system_metrics:
-        mlflow.enable_system_metrics_logging()
-        if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get():
-            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    else:
-        mlflow.disable_system_metrics_logging()
+    _log_system_metrics(system_metrics)
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
@@ -142,7 +137,8 @@ def flatten_config(config: object) -> dict[str, object]:
 
 @contextlib.contextmanager
 def start_run(
-    run_name: str, tags: dict[str, str], new_run: bool = False, nested: bool = False, run_id: str | None = None
+    run_name: str, tags: dict[str, str], new_run: bool = False, nested: bool = False, run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, adopt) a run; it always ends in a final state: FINISHED, FAILED if the
     block raises (tag ``segft.error`` says why), KILLED on Ctrl-C or SIGTERM (``segft.cli`` turns SIGTERM into
@@ -157,6 +153,8 @@ def start_run(
             (used when ``finetune`` first has to train a base model of its own).
         nested: Start a child of the active run.
         run_id: Resume this run (a study's parent run when the study is started again).
+        parent_run_id: Start a child of this run, which need not be active in this process (a Ray task's run
+            under its study's parent).
     """
     tags = {**{key: redact(str(value)) for key, value in tags.items()}, **process_tags()}
     if new_run:
@@ -167,7 +165,8 @@ def start_run(
         # Under `mlflow run` the run it created is handed over in MLFLOW_RUN_ID; resuming another run leaves it
         # there, and the next nested start_run would adopt it instead of creating a child.
         MLFLOW_RUN_ID.unset()
-    with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags,
+                          parent_run_id=parent_run_id) as run:
         if resumed:
             mlflow.set_tags(tags)
         try:
@@ -183,7 +182,7 @@ def start_run(
 def process_tags() -> dict[str, str]:
     """This process as run tags: host name, pid and the pid's start time (a pid may be reused later)."""
     return {schema.HOST_TAG: socket.gethostname(), schema.PID_TAG: str(os.getpid()),
-            schema.PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
+            schema.PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}", **_task_tags}
 
 
 def process_gone(tags: dict[str, str]) -> bool:
@@ -220,21 +219,25 @@ def retire_model_versions(run_id: str, status: str) -> list[str]:
     return retired
 
 
-def fail_dead_runs(filter_string: str) -> list[str]:
-    """Mark the RUNNING runs matching ``filter_string`` whose process is gone (``process_gone``) as FAILED, and
-    retire their model versions. A study or a tuning calls this on its own runs when it is started again.
+def fail_dead_runs(filter_string: str, gone: Callable[[dict[str, str]], bool] = process_gone,
+                   status: str = "FAILED", reason: str = "") -> list[str]:
+    """End the RUNNING runs matching ``filter_string`` whose process is gone (``gone`` of their tags; by default
+    ``process_gone``) as ``status``, saying why (``reason``, by default the process that ended), and retire their
+    model versions. A study or a tuning calls this on its own runs when it is started again; a Ray task on the
+    runs of its own earlier, dead attempts, and the driver on the runs of tasks that failed or were cancelled.
 
     Returns:
-        The ids of the runs marked.
+        The ids of the runs ended.
     """
     client = MlflowClient()
     marked = []
     for run in _search_all(f"{filter_string} and attributes.status = 'RUNNING'"):
-        if process_gone(run.data.tags):
-            host, pid = run.data.tags[schema.HOST_TAG], run.data.tags[schema.PID_TAG]
-            client.set_tag(run.info.run_id, schema.ERROR_TAG, f"process {pid} on {host} ended without ending the run")
-            retire_model_versions(run.info.run_id, "FAILED")
-            client.set_terminated(run.info.run_id, "FAILED")
+        if gone(run.data.tags):
+            host, pid = run.data.tags.get(schema.HOST_TAG), run.data.tags.get(schema.PID_TAG)
+            client.set_tag(run.info.run_id, schema.ERROR_TAG,
+                           reason or f"process {pid} on {host} ended without ending the run")
+            retire_model_versions(run.info.run_id, status)
+            client.set_terminated(run.info.run_id, status)
             marked.append(run.info.run_id)
     return marked
 
@@ -483,6 +486,51 @@ def model_source_run(model_uri: str) -> str | None:
         return MlflowClient().get_model_version(name, version).run_id
     name, _, alias = reference.partition("@")
     return MlflowClient().get_model_version_by_alias(name, alias).run_id if alias else None
+
+
+def _log_system_metrics(on: bool) -> None:
+    if on:
+        mlflow.enable_system_metrics_logging()
+        if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get():
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    else:
+        mlflow.disable_system_metrics_logging()
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+    """Where this process's runs go, handed to worker processes (Ray tasks) so that theirs go there too."""
+
+    tracking_uri: str
+    experiment_id: str
+    system_metrics: bool
+
+    @classmethod
+    def of_this_process(cls, system_metrics: bool) -> "Destination":
+        return cls(mlflow.get_tracking_uri(), mlflow.tracking.fluent._get_experiment_id(), system_metrics)
+
+    def attach(self) -> None:
+        """Send the runs this (worker) process starts here. A run id that ``mlflow run`` handed the driver (and
+        a local Ray instance passed on in the environment) is dropped: a worker never adopts the driver's run."""
+        MLFLOW_RUN_ID.unset()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        _log_system_metrics(self.system_metrics)
+
+
+#: Tags every run this process starts carries besides ``process_tags``'s own (a Ray task's id: ``task_tags``).
+_task_tags: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def task_tags(tags: dict[str, str]) -> Iterator[None]:
+    """Tag every run started inside the block with ``tags`` too (a Ray worker runs one task after another)."""
+    _task_tags.update(tags)
+    try:
+        yield
+    finally:
+        for key in tags:
+            _task_tags.pop(key, None)
 
 
 def tracking_uri() -> str:
