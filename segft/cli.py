@@ -15,8 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, RegistryConfig, ReportConfig, StudyConfig,
-                          TrackingConfig, TrainConfig, TuneConfig)
+from segft.config import BaseConfig, FinetuneConfig, PredictConfig, ReportConfig, StudyConfig, TrainConfig, TuneConfig
 from segft.data.readers import DataError
 from segft.mlproject import field_default, leaf_fields
 from segft.presets import preset_train_config
@@ -161,10 +160,10 @@ def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The study's config: the preset's training settings with the explicitly given ones on top."""
     given = {field.name: getattr(args, field.name) for field, _, _ in _leaf_fields(TrainConfig)}
     train = preset_train_config(args.preset, {name: value for name, value in given.items() if value is not None})
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(StudyConfig)
-              if field.name not in ("train", "registry", "tracking")}
-    return StudyConfig(train=train, registry=config_from_args(RegistryConfig, args),
-                       tracking=config_from_args(TrackingConfig, args), **values)
+    hints = typing.get_type_hints(StudyConfig)
+    values = {field.name: config_from_args(hints[field.name], args) if dataclasses.is_dataclass(hints[field.name])
+              else getattr(args, field.name) for field in dataclasses.fields(StudyConfig) if field.name != "train"}
+    return StudyConfig(train=train, **values)
 
 
 def _print_result(result) -> None:

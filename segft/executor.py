@@ -10,7 +10,7 @@ Failures, so that no run is left RUNNING (Ray's fault-tolerance rules: tasks are
 https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html):
 
 - a task whose worker dies is started again, ``task_retries`` times; the new attempt first marks the runs of the
-  dead one FAILED (an attempt keeps its task's id, tag ``segft.ray_task``);
+  dead one FAILED (an attempt keeps its task's id; tag ``segft.ray_task`` = the session's id and the task's);
 - a task that fails for good: once every task has ended, the driver marks its runs still RUNNING FAILED and
   raises its error (the others' runs are kept, for a resumed study to reuse);
 - the driver interrupted (Ctrl-C, SIGTERM): the tasks are cancelled and their runs marked KILLED.
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
@@ -51,38 +53,94 @@ def require_ray():
 
 
 @contextlib.contextmanager
-def ray_session(config: ExecutorConfig) -> Iterator[Any]:
+def ray_session(config: ExecutorConfig, destination: tracking.Destination) -> Iterator[RaySession]:
     """Connect to ``config.ray_address`` (or start a local Ray instance) for the block; disconnect after it.
 
     A session already open in this process (a notebook's ``ray.init``) is used as it is and left open.
     """
     ray = require_ray()
     if ray.is_initialized():
-        yield ray
+        yield RaySession(ray, config, destination)
         return
     ray.init(address=config.ray_address or None, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": WORKER_ENVIRONMENT})
     try:
-        yield ray
+        yield RaySession(ray, config, destination)
     finally:
         ray.shutdown()
 
 
-def submit(ray: Any, config: ExecutorConfig, destination: tracking.Destination, name: str,
-           function: Callable[..., T], *args: Any) -> Any:
-    """Start ``function(*args)`` as a Ray task with ``config``'s resources and retries; its runs go to
-    ``destination``. Arguments that are Ray object refs (another task's result) are waited for and resolved
-    first.
+@dataclass(frozen=True)
+class RaySession:
+    """Tasks submitted with ``config``'s resources and retries, their runs going to ``destination``.
 
-    Returns:
-        The task's object ref.
+    ``id`` tells this session's tasks from another driver's: Ray numbers the tasks of every new local instance
+    the same way, so a task's id alone would not name its runs on a shared tracking server.
     """
-    remote = ray.remote(_run_task).options(num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run,
-                                           max_retries=config.task_retries, name=name)
-    return remote.remote(destination, max(1, math.floor(config.cpus_per_run)), function, *args)
+
+    ray: Any
+    config: ExecutorConfig
+    destination: tracking.Destination
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def put(self, value: Any) -> Any:
+        """``value`` in Ray's object store, sent once to every worker that takes it as an argument."""
+        return self.ray.put(value)
+
+    def submit(self, name: str, function: Callable[..., T], *args: Any) -> Any:
+        """Start ``function(*args)`` as a Ray task named ``name``. Arguments that are object refs (another task's
+        result) are waited for and resolved first.
+
+        Returns:
+            The task's object ref.
+        """
+        remote = self.ray.remote(_run_task).options(
+            num_cpus=self.config.cpus_per_run, num_gpus=self.config.gpus_per_run,
+            max_retries=self.config.task_retries, name=name)
+        return remote.remote(self.destination, self.id, max(1, math.floor(self.config.cpus_per_run)), function,
+                             *args)
+
+    def gather(self, tasks: dict[str, Any], description: str) -> dict[str, Any]:
+        """Wait for every task, with a progress bar; their results by key.
+
+        Raises:
+            Exception: The first task's error (by key order) once every task has ended, after the runs left
+                RUNNING by the tasks that failed are marked FAILED. On KeyboardInterrupt the tasks still going are
+                cancelled and their runs marked KILLED.
+        """
+        ray = self.ray
+        pending = {ref: key for key, ref in tasks.items()}
+        results, errors = {}, {}
+        try:
+            with tqdm(total=len(tasks), desc=description, unit="task") as bar:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    key = pending.pop(done[0])
+                    try:
+                        results[key] = ray.get(done[0])
+                    except Exception as error:  # the task's own error, or Ray's (worker died after its last try)
+                        errors[key] = error
+                    bar.update()
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+            self._end_runs_of(list(pending), "KILLED", "its Ray task was cancelled (the command was stopped)")
+            raise
+        if errors:
+            self._end_runs_of([tasks[key] for key in errors], "FAILED", "its Ray task failed")
+            first = errors[min(errors, key=list(tasks).index)]
+            raise getattr(first, "cause", None) or first  # the task's own exception, without Ray's wrapper
+        return results
+
+    def _end_runs_of(self, refs: list[Any], status: str, reason: str) -> None:
+        for ref in refs:
+            tracking.fail_dead_runs(_task_filter(self.id, ref.task_id().hex()), gone=lambda tags: True,
+                                    status=status, reason=reason)
 
 
-def _run_task(destination: tracking.Destination, threads: int, function: Callable[..., T], *args: Any) -> T:
+def _run_task(destination: tracking.Destination, session_id: str, threads: int, function: Callable[..., T],
+              *args: Any) -> T:
     """A task's body, in the worker: runs to ``destination``, ``threads`` PyTorch threads, the runs of this
     task's dead earlier attempts marked FAILED, then ``function(*args)`` with every run tagged with the task."""
     import ray
@@ -90,49 +148,11 @@ def _run_task(destination: tracking.Destination, threads: int, function: Callabl
     destination.attach()
     torch.set_num_threads(threads)
     task_id = ray.get_runtime_context().get_task_id()
-    tracking.fail_dead_runs(_task_filter(task_id), gone=lambda tags: True)  # Ray retries a task only once it died
-    with tracking.task_tags({schema.RAY_TASK_TAG: task_id}):
+    # Ray starts a task again only once its worker died: a RUNNING run of an earlier attempt is dead
+    tracking.fail_dead_runs(_task_filter(session_id, task_id), gone=lambda tags: True)
+    with tracking.task_tags({schema.RAY_TASK_TAG: f"{session_id}/{task_id}"}):
         return function(*args)
 
 
-def gather(ray: Any, tasks: dict[str, Any], description: str) -> dict[str, Any]:
-    """Wait for every task, with a progress bar; their results by key.
-
-    Raises:
-        Exception: The first task's error (by key order) once every task has ended, after the runs left RUNNING
-            by the tasks that failed are marked FAILED. On KeyboardInterrupt the tasks still going are cancelled
-            and their runs marked KILLED.
-    """
-    pending = {ref: key for key, ref in tasks.items()}
-    results, errors = {}, {}
-    try:
-        with tqdm(total=len(tasks), desc=description, unit="run") as bar:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                key = pending.pop(done[0])
-                try:
-                    results[key] = ray.get(done[0])
-                except Exception as error:  # the task's own error, or Ray's (worker died after its last retry)
-                    errors[key] = error
-                bar.update()
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
-        _end_runs_of([tasks[key] for key in pending.values()], "KILLED", "its Ray task was cancelled")
-        raise
-    if errors:
-        _end_runs_of([tasks[key] for key in errors], "FAILED", "its Ray task failed")
-        first = errors[min(errors, key=list(tasks).index)]
-        raise getattr(first, "cause", None) or first  # the task's own exception, without Ray's wrapper
-    return results
-
-
-def _end_runs_of(refs: list[Any], status: str, reason: str) -> None:
-    for ref in refs:
-        tracking.fail_dead_runs(_task_filter(ref.task_id().hex()), gone=lambda tags: True, status=status,
-                                reason=reason)
-
-
-def _task_filter(task_id: str) -> str:
-    return f"tags.`{schema.RAY_TASK_TAG}` = '{task_id}'"
+def _task_filter(session_id: str, task_id: str) -> str:
+    return f"tags.`{schema.RAY_TASK_TAG}` = '{session_id}/{task_id}'"

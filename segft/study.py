@@ -234,16 +234,15 @@ def _run_in_process(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str,
 def _run_on_ray(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str, RunResult]) -> dict[str, RunResult]:
     """Train every run not in ``finished`` as a Ray task (``segft.executor``): the base models at once, each arm
     as soon as its repeat's base model is registered."""
-    execution = runs.config.execution
     destination = tracking.Destination.of_this_process(runs.config.tracking.system_metrics)
-    with executor.ray_session(execution) as ray:
-        shared = ray.put(runs)
-        bases = {key: finished.get(key) or executor.submit(ray, execution, destination, key, _base_task, shared, repeat)
+    with executor.ray_session(runs.config.execution, destination) as session:
+        shared = session.put(runs)
+        bases = {key: finished.get(key) or session.submit(key, _base_task, shared, repeat)
                  for repeat in base_repeats(runs.config) for key in [base_run_key(repeat)]}
-        arms = {p.key: executor.submit(ray, execution, destination, p.key, _arm_task, shared, p, bases[runs.base_of(p)])
+        arms = {p.key: session.submit(p.key, _arm_task, shared, p, bases[runs.base_of(p)])
                 for p in plan if p.key not in finished}
         submitted = {key: task for key, task in {**bases, **arms}.items() if not isinstance(task, RunResult)}
-        return executor.gather(ray, submitted, f"study {runs.study_id} on Ray")
+        return session.gather(submitted, f"study {runs.study_id} on Ray")
 
 
 def _base_task(runs: StudyRuns, repeat: int) -> RunResult:

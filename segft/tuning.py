@@ -17,6 +17,7 @@ parent run per study (resumed by every later call) and a nested run per trial; p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import warnings
@@ -27,10 +28,11 @@ import optuna
 import torch
 from torch import nn
 
-from segft import schema, tracking
+from segft import executor, schema, tracking
 from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, TuneConfig
 from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
+from segft.device import resolve_device
 from segft.inference import SlidingWindowSegmenter
 from segft.runs import (BaseModel, RunResult, base_model_or_train, dataset_input, fresh_model, model_from_base, prepare,
                         run_base, run_finetune, track_in)
@@ -151,21 +153,38 @@ class TuneResult:
 
 @dataclass(frozen=True)
 class _Trials:
-    """What every trial of one call shares: settings, images (patches cut once), and the starting model."""
+    """What every trial of one worker shares: settings, images (patches cut once per process), the starting model
+    and the parent run its trial runs hang under. Sent whole to every Ray worker (``executor=ray``)."""
 
     config: TuneConfig
     study_name: str
     digest: str
     train_set: ImageSet
     validation: ImageSet
-    patches: Patches
     device: torch.device
     base: BaseModel | None
     model_config: ModelConfig
+    parent_run_id: str
 
     @property
     def base_uri(self) -> str:
         return self.base.uri if self.base else ""
+
+    @functools.cached_property
+    def patches(self) -> Patches:
+        return make_patches(self.train_set, self.config.train.patch_size, self.device)
+
+    def for_workers(self) -> _Trials:
+        """A copy to send to Ray workers: the base model's weights on the CPU (a worker may have no GPU, or
+        another one)."""
+        base = self.base and dataclasses.replace(self.base, model=copy.deepcopy(self.base.model).cpu())
+        return dataclasses.replace(self, base=base)
+
+    def in_worker(self) -> _Trials:
+        """These trials on the device resolved in this (Ray worker) process."""
+        device = resolve_device(self.config.train.device)
+        base = self.base and dataclasses.replace(self.base, model=self.base.model.to(device))
+        return dataclasses.replace(self, device=device, base=base)
 
     def start_model(self, train_config: TrainConfig) -> nn.Module:
         """A fresh copy of the base model (``finetune``, frozen as configured) or a random one (``base``)."""
@@ -180,7 +199,7 @@ class _Trials:
         tags = {schema.ROLE_TAG: schema.ROLE_TUNE_TRIAL, schema.TUNING_STUDY_TAG: self.study_name,
                 schema.TRIAL_NUMBER_TAG: str(trial.number), schema.TRIAL_STATE_TAG: "RUNNING",
                 schema.DIGEST_TAG: self.digest, schema.ENCODER_TAG: self.model_config.encoder}
-        with tracking.start_run(f"trial-{trial.number}", tags, nested=True) as run:
+        with tracking.start_run(f"trial-{trial.number}", tags, nested=True, parent_run_id=self.parent_run_id) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 value = self._train(trial, train_config)
@@ -272,8 +291,6 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                 pruner=pruner or make_pruner(config), load_if_exists=True)
     _check_settings(study, _study_settings(config, base_uri), redact(storage_url))
-    trials = _Trials(config, study_name, digest, train_set, validation,
-                     make_patches(train_set, train_config.patch_size, device), device, base, model_config)
     parent_tags = {schema.ROLE_TAG: schema.ROLE_TUNE, schema.TUNING_STUDY_TAG: study_name, schema.DIGEST_TAG: digest,
                    schema.ENCODER_TAG: train_config.model.encoder}
     parent_id = tracking.find_tuning_parent(study_name)
@@ -281,7 +298,12 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
         tracking.log_params({**tracking.flatten_config(config), "storage": redact(storage_url),
                              "study_name": study_name, "data_digest": digest, "base_model_uri": base_uri})
         tracking.log_split({**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)})
-        study.optimize(trials.objective, n_trials=config.n_trials, timeout=config.timeout or None)
+        trials = _Trials(config, study_name, digest, train_set, validation, device, base, model_config,
+                         parent.info.run_id)
+        if config.execution.executor == "ray":
+            _optimize_on_ray(trials, config.storage or default_storage(tracking.tracking_uri()), pruner)
+        else:
+            study.optimize(trials.objective, n_trials=config.n_trials, timeout=config.timeout or None)
         result = _log_study_summary(study, study_name, redact(storage_url), parent.info.run_id)
         best = f"best lr {result.best_lr:.3g} (validation Dice {result.best_value:.4f})" if result.best_lr else "no trial done"
         tracking.describe_run(f"tuning study {study_name}: learning rate of {config.target} between {config.lr_min:g} "
@@ -289,6 +311,31 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     if config.apply:
         return dataclasses.replace(result, applied=apply_best(config, result, base_uri))
     return result
+
+
+def trials_per_worker(n_trials: int, workers: int) -> list[int]:
+    """``n_trials`` split as evenly as possible among ``workers``; workers left without a trial are not started."""
+    return [count for i in range(workers) if (count := n_trials // workers + (i < n_trials % workers))]
+
+
+def _optimize_on_ray(trials: _Trials, storage: str, pruner: optuna.pruners.BasePruner | None) -> None:
+    """Run the call's trials in ``config.workers`` Ray tasks (``segft.executor``) sharing the Optuna study in
+    ``storage``: each opens it (its password from the worker's own environment, never sent) and draws trials from
+    it, so a sampler sees every worker's finished trials."""
+    destination = tracking.Destination.of_this_process(trials.config.tracking.system_metrics)
+    with executor.ray_session(trials.config.execution, destination) as session:
+        shared = session.put(trials.for_workers())
+        session.gather({
+            f"tuning-worker-{i}": session.submit(f"tuning-worker-{i}", _tuning_worker, shared, storage, count, pruner)
+            for i, count in enumerate(trials_per_worker(trials.config.n_trials, trials.config.workers))
+        }, f"tuning {trials.study_name} on Ray")
+
+
+def _tuning_worker(trials: _Trials, storage: str, n_trials: int, pruner: optuna.pruners.BasePruner | None) -> None:
+    trials = trials.in_worker()
+    study = optuna.load_study(study_name=trials.study_name, storage=open_storage(storage_with_password(storage)),
+                              pruner=pruner or make_pruner(trials.config))
+    study.optimize(trials.objective, n_trials=n_trials, timeout=trials.config.timeout or None)
 
 
 def apply_best(config: TuneConfig, result: TuneResult, base_uri: str) -> RunResult:
