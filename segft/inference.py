@@ -1,8 +1,10 @@
 """Sliding-window prediction of a whole image with overlapping, Gaussian-blended patches.
 
 The same shape as MONAI's ``sliding_window_inference`` / ``SlidingWindowInferer``, far shorter: 2-D, one channel.
-Windows are cut, predicted and blended one batch at a time, so memory holds the image, three image-sized float32
-arrays (padded image, weighted sum, weight sum) and one batch, however many windows the image has.
+Windows are cut, predicted and blended one batch at a time on the model's device, so that device holds three
+image-sized float32 arrays (padded image, weighted sum, weight sum) and one batch, however many windows the image
+has; the blended probabilities are copied to the host once per image, so a GPU never waits for the host between
+batches (nor the training it shares the GPU with for an evaluation).
 """
 
 from __future__ import annotations
@@ -68,22 +70,22 @@ def sliding_window_predict(
         (H, W) float32 probabilities in [0, 1].
     """
     origins, padded_shape = grid(image.shape, patch_size, window_stride(patch_size, overlap))
-    padded = pad_to(image.astype(np.float32, copy=False), padded_shape)
-    weight = gaussian_weight(patch_size)
-    weighted_sum = np.zeros(padded_shape, np.float32)
-    weight_sum = np.zeros(padded_shape, np.float32)
     device = torch.device(device)
+    padded = torch.from_numpy(pad_to(image.astype(np.float32, copy=False), padded_shape)).to(device)
+    weight = torch.from_numpy(gaussian_weight(patch_size)).to(device)
+    weighted_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
+    weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
     for start in range(0, len(origins), batch_size):
         batch_origins = origins[start : start + batch_size]
-        windows = np.stack([padded[r : r + patch_size, c : c + patch_size] for r, c in batch_origins])
+        windows = torch.stack([padded[r : r + patch_size, c : c + patch_size] for r, c in batch_origins])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(torch.from_numpy(windows[:, None]).to(device))
-        probabilities = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+            logits = model(windows[:, None])
+        probabilities = torch.sigmoid(logits.float())[:, 0]
         for probability, (r, c) in zip(probabilities, batch_origins):
             weighted_sum[r : r + patch_size, c : c + patch_size] += probability * weight
             weight_sum[r : r + patch_size, c : c + patch_size] += weight
     weighted_sum /= weight_sum  # in place: no fourth image-sized array
-    return weighted_sum[: image.shape[0], : image.shape[1]]
+    return weighted_sum[: image.shape[0], : image.shape[1]].cpu().numpy()  # the one copy to the host
 
 
 @dataclass(frozen=True)
