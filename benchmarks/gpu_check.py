@@ -7,7 +7,10 @@ Steps, each recorded with its wall time (a step that fails is recorded with its 
 3. ``protocol_study``: the original protocol (100 epochs, batch 4, lr 1e-5) on the built-in data, one repeat of
    the fine-tuning arm (a base model, then 5/10/15/20 images), sequential, evaluation and logging included, into a
    fresh tracking store; goal: at most 60 s wall on one H100;
-4. ``bf16_inference``: the fine-tuned model of the largest size segments Dataset 2's test images in float32 and
+4. ``protocol_study_ray``: the same study on a local Ray instance, a quarter of the GPU per run (the four
+   fine-tunes at once, each in its own process with its own CUDA graph and stream; one CPU per run without a
+   GPU), with its speed-up over the sequential study and the largest per-run Dice difference;
+5. ``bf16_inference``: the fine-tuned model of the largest size segments Dataset 2's test images in float32 and
    under bfloat16 autocast: both Dice means, the largest per-image Dice difference and the share of pixels whose
    mask differs; this decides whether ``autocast=auto`` may become the default.
 
@@ -79,13 +82,15 @@ def speed(smoke: bool, device: str) -> dict:
                                          "inference", "peak_memory")}
 
 
-def protocol_study(smoke: bool, device: str, work: Path) -> dict:
-    """The protocol's fine-tuning arm, one repeat, sequential, in a fresh store under ``work``."""
+def protocol_study(smoke: bool, device: str, work: Path, executor: list[str] = ()) -> dict:
+    """The protocol's fine-tuning arm, one repeat, in a fresh store under ``work``: sequential, or with the
+    ``executor`` flags (``--executor ray ...``)."""
     from segft.cli import build_parser, study_config_from_args
     from segft.study import run_study
 
+    work.mkdir(parents=True, exist_ok=True)
     argv = ["study", "--preset", "protocol", "--arms", "finetune", "--repeats", "1", "--device", device,
-            "--report-dir", str(work / "report"), "--system-metrics", "false"]
+            "--report-dir", str(work / "report"), "--system-metrics", "false", *executor]
     if smoke:
         from segft.data.synthetic import make_microtube_study, write_study
 
@@ -102,15 +107,30 @@ def protocol_study(smoke: bool, device: str, work: Path) -> dict:
         "segft_command": "segft " + " ".join(argv),
         "data_dir": str(config.train.data_dir),
         "split": [config.train.split.dataset1_train_images, config.train.split.dataset2_pool_images],
-        "sequential_wall_s": round(wall_s, 1),
+        "wall_s": round(wall_s, 1),
         "goal_s": PROTOCOL_GOAL_S,
         "runs": {key: run.test_metrics for key, run in result.runs.items()},
         "largest_model": result.runs[f"finetune/n{largest}/r0"].model_uri,
-        "ray": "not built yet: the Ray executor of issue 15 is still open",
+        "store": str(work),
     }
 
 
-def bf16_inference(study: dict, work: Path, device: str) -> dict:
+def ray_flags(device: str) -> list[str]:
+    """A quarter of the GPU per run on CUDA (the four fine-tunes of a repeat share it), one CPU per run on CPU."""
+    return ["--executor", "ray", "--cpus-per-run", "1", *(["--gpus-per-run", "0.25"] if device.startswith("cuda") else [])]
+
+
+def protocol_study_on_ray(smoke: bool, device: str, work: Path, sequential: dict) -> dict:
+    """The same study as Ray tasks, each in its own process (its own CUDA context, graph and stream), against the
+    sequential one: wall time and the largest per-run test Dice difference (floating-point order only)."""
+    report = protocol_study(smoke, "auto" if device.startswith("cuda") else device, work, ray_flags(device))
+    differences = [abs(value - sequential["runs"][key][metric])
+                   for key, metrics in report["runs"].items() for metric, value in metrics.items()]
+    return {**report, "speedup_over_sequential": round(sequential["wall_s"] / report["wall_s"], 2),
+            "max_abs_dice_difference": max(differences)}
+
+
+def bf16_inference(study: dict, device: str) -> dict:
     """Dice of Dataset 2's test images with the model in float32 and under bfloat16 autocast."""
     import mlflow
 
@@ -118,7 +138,7 @@ def bf16_inference(study: dict, work: Path, device: str) -> dict:
     from segft.data.split import load_data, split_study
     from segft.metrics import confusion_counts
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(study['store']) / 'mlflow.db'}"
     split = split_study(load_data(study["data_dir"]), SplitConfig(*study["split"]))
     test = split.test_dataset2
     masks = {}
@@ -157,9 +177,11 @@ def main() -> None:
     run_step("speed", lambda: speed(args.smoke, device), results)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run_step("protocol_study", lambda: protocol_study(args.smoke, device, work), results)
+        run_step("protocol_study", lambda: protocol_study(args.smoke, device, work / "sequential"), results)
         if results["protocol_study"]["ok"]:
-            run_step("bf16_inference", lambda: bf16_inference(results["protocol_study"], work, device), results)
+            run_step("protocol_study_ray", lambda: protocol_study_on_ray(args.smoke, device, work / "ray",
+                                                                         results["protocol_study"]), results)
+            run_step("bf16_inference", lambda: bf16_inference(results["protocol_study"], device), results)
     results["ok"] = all(step.get("ok", True) for step in results.values() if isinstance(step, dict))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
