@@ -156,6 +156,34 @@ def test_two_tuning_workers_share_one_optuna_study_and_one_tracking_server(serve
     assert not any(secret in server.log.read_text() for secret in secrets)
 
 
+def test_tuning_workers_on_ray_share_the_postgresql_study_and_the_server(server, data, scratch):
+    """``segft tune --executor ray --workers 2``: two Ray tasks draw the trials of one Optuna study on PostgreSQL;
+    each worker takes the storage password from its own environment (never sent with the task)."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    storage = f"postgresql://optuna@127.0.0.1:{server.db_port}/optuna"
+    password = server.secret("postgres-optuna-password")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "SEGFT_STORAGE_PASSWORD": password,
+           "OMP_NUM_THREADS": "1"}
+    work = scratch / "tune-on-ray"
+    work.mkdir()
+    completed = subprocess.run(
+        [sys.executable, "-m", "segft", "tune", *TINY_TUNE, "--n-trials", "2", "--data-dir", str(data),
+         "--storage", storage, "--study-name", "shared-on-ray", "--executor", "ray", "--workers", "2"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert password not in completed.stdout + completed.stderr
+
+    study = optuna.load_study(study_name="shared-on-ray", storage=storage.replace("optuna@", f"optuna:{password}@"))
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    client = MlflowClient(server.url)
+    (parent,) = search_all(client, "tags.`segft.role` = 'tune' and tags.`segft.tuning_study` = 'shared-on-ray'")
+    trials = [run for run in search_all(client, "tags.`segft.role` = 'tune_trial'")
+              if run.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    assert sorted(int(run.data.tags["segft.trial_number"]) for run in trials) == [0, 1]
+    assert len({run.data.tags["segft.ray_task"] for run in trials}) == 2  # one trial per worker
+    assert {run.info.status for run in [parent, *trials]} == {"FINISHED"}
+
+
 def _get(url: str, user: str = "", password: str = "") -> int:
     request = urllib.request.Request(url)
     if user:
