@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
@@ -35,6 +36,8 @@ T = TypeVar("T")
 #: (printed by the driver, prefixed with the task's name) are not lost among progress bars and MLflow's notes.
 WORKER_ENVIRONMENT = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                       "MLFLOW_LOGGING_LEVEL": "WARNING"}
+#: Seconds to wait for a Ray cluster's address to answer.
+CONNECT_TIMEOUT_S = 5
 #: Seconds the driver waits for cancelled tasks to end before it marks their runs KILLED.
 CANCEL_GRACE_S = 10
 
@@ -50,6 +53,26 @@ def require_ray():
     except ImportError as error:
         raise ValueError("executor 'ray' needs Ray: pip install 'segft[ray]'") from error
     return ray
+
+
+def check_executor(config: ExecutorConfig) -> None:
+    """Before any run starts: Ray is installed when asked for, and a cluster at ``host:port`` answers (Ray itself
+    would wait minutes for one that does not).
+
+    Raises:
+        ValueError: In one line, saying what to do.
+    """
+    if config.executor != "ray":
+        return
+    require_ray()
+    host, _, port = config.ray_address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return  # empty (a local instance) or "auto" (Ray finds a running one, or says there is none)
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ValueError(f"Ray cluster at {config.ray_address!r} does not answer ({error}); start it with "
+                         "`ray start --head` or give another --ray-address") from error
 
 
 @contextlib.contextmanager

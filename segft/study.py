@@ -148,6 +148,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     one after the other, or as Ray tasks (``config.execution``), the base models first, then the arms.
     """
     train = config.train
+    executor.check_executor(config.execution)
     prepared = prepare(train, config.sizes)
     track_in(config.tracking)
     sid = study_id(config, prepared.digest)

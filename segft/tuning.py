@@ -275,6 +275,7 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
             asked for while no trial of the study has completed.
     """
     train_config = config.train
+    executor.check_executor(config.execution)
     storage_url = storage_with_password(config.storage) if config.storage else default_storage(tracking.tracking_uri())
     storage = open_storage(storage_url)  # before any training: a bad storage must not cost a base model first
     prepared = prepare(train_config)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import free_port
 from mlflow import MlflowClient
 
 from segft import cli, tracking
@@ -137,6 +138,14 @@ CASES = {
     "repeats-zero": Case("study", lambda p: ["--repeats", "0"], "repeats"),
     "margin-nan": Case("study", lambda p: ["--forgetting-margin", "nan"], "forgetting_margin"),
     "unknown-preset": Case("study", lambda p: ["--preset", "fast"], "fast"),
+    # ---- where runs execute (study and tune)
+    "unknown-executor": Case("study", lambda p: ["--executor", "dask"], "dask"),
+    "cpus-per-run-zero": Case("study", lambda p: ["--cpus-per-run", "0"], "cpus_per_run"),
+    "gpus-per-run-above-one-fractional": Case("study", lambda p: ["--gpus-per-run", "1.5"], "gpus_per_run"),
+    "task-retries-negative": Case("study", lambda p: ["--task-retries", "-1"], "task_retries"),
+    "ray-cluster-not-answering": Case("study", lambda p: ["--executor", "ray", "--ray-address", f"127.0.0.1:{free_port()}"],
+                                      "does not answer"),
+    "tune-workers-without-ray": Case("tune", lambda p: ["--workers", "2"], "workers"),
     # ---- tune
     "storage-driver-missing": Case("tune", lambda p: ["--storage", f"postgresql+pg8000://segft:{SECRET}@db/optuna"],
                                    "pg8000"),
