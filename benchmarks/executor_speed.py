@@ -1,16 +1,17 @@
-"""Wall time of one study run sequentially and on Ray, on the same machine in the same call, and how far apart
+"""Wall time of one study run in process and on Ray, on the same machine in the same call, and how far apart
 their per-run results are.
 
 Each executor runs ``python -m segft study --preset quick`` (the README's quickstart study on the built-in data)
 as a fresh process in a fresh folder with its own SQLite store, one after the other (never at once):
 
 - ``local``: in process, one run after the other, PyTorch on all cores (what a user gets by default);
+- ``local-1-thread``: the same with one PyTorch thread (``OMP_NUM_THREADS=1``): what each Ray task gets;
 - ``ray``: a local Ray instance, each run a task asking for ``--cpus-per-run`` CPUs (one PyTorch thread per
   CPU), so ``cores / cpus_per_run`` runs train at once.
 
-Per-run test Dice of the two are compared run by run. They need not be bitwise equal here: one PyTorch thread
-sums a convolution in another order than two, which moves the training losses by about 1e-5 relative (at equal
-thread counts they are bitwise equal: ``tests/test_executor.py``).
+Per-run test Dice of ``ray`` is compared run by run with both local studies. Against ``local-1-thread`` it should
+be identical (same seeds, same thread count: the executor changes nothing). Against ``local`` it need not be: one
+thread sums a convolution in another order than two, and training amplifies that difference.
 
     python benchmarks/executor_speed.py --out benchmarks/results/executor-cpu.json
     python benchmarks/executor_speed.py --smoke      # a tiny study: checks that it works
@@ -35,14 +36,15 @@ SMOKE = ["--epochs", "1", "--patch-size", "64", "--decoder-channels", "16,8,8,4"
          "--dataset2-pool-images", "3", "--sizes", "1,2", "--repeats", "2"]
 
 
-def run_study(arguments: list[str], folder: Path) -> float:
-    """Run ``segft <arguments>`` in ``folder`` (its own store) on this checkout's code; its wall seconds.
+def run_study(arguments: list[str], folder: Path, environment: dict[str, str]) -> float:
+    """Run ``segft <arguments>`` in ``folder`` (its own store) on this checkout's code, with ``environment`` on top
+    of this process's; its wall seconds.
 
     Raises:
         RuntimeError: If the study fails (with the end of its output).
     """
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **environment}
     log = folder / "study.log"
     started = time.perf_counter()
     with log.open("w") as output:
@@ -65,26 +67,37 @@ def test_dice(folder: Path) -> dict[str, dict[str, float]]:
             for run in runs if "segft.run_key" in run.data.tags}
 
 
+def compare(ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]]) -> dict[str, object]:
+    """How many per-run Dice values of two studies are identical, and the largest difference."""
+    if ours.keys() != theirs.keys():
+        raise RuntimeError(f"the studies ran different runs: {sorted(ours.keys() ^ theirs.keys())}")
+    differences = [abs(ours[key][metric] - theirs[key][metric]) for key in ours for metric in ours[key]]
+    return {"values_compared": len(differences), "identical": sum(d == 0 for d in differences),
+            "max_abs_difference": max(differences, default=0.0)}
+
+
 def measure(study: list[str], cpus_per_run: float, folder: Path) -> dict:
-    executors = {"local": [], "ray": ["--executor", "ray", "--cpus-per-run", str(cpus_per_run)]}
+    executors = {"local": ([], {}), "local-1-thread": ([], {"OMP_NUM_THREADS": "1"}),
+                 "ray": (["--executor", "ray", "--cpus-per-run", str(cpus_per_run)], {})}
     rows, dice = [], {}
-    for name, flags in executors.items():
+    for name, (flags, environment) in executors.items():
         where = folder / name
         where.mkdir()
-        wall = run_study([*study, *flags], where)
+        wall = run_study([*study, *flags], where, environment)
         dice[name] = test_dice(where)
-        rows.append({"executor": name, "flags": " ".join(flags), "wall_s": round(wall, 1), "runs": len(dice[name])})
-        print(f"{name}: {wall:.1f} s for {len(dice[name])} runs", flush=True)
-    local, ray = dice["local"], dice["ray"]
-    if local.keys() != ray.keys():
-        raise RuntimeError(f"the executors ran different runs: {sorted(local.keys() ^ ray.keys())}")
-    differences = [abs(local[key][metric] - ray[key][metric]) for key in local for metric in local[key]]
+        means = {dataset: sum(d[f"test_dice_{dataset}"] for d in dice[name].values()) / len(dice[name])
+                 for dataset in ("dataset1", "dataset2")}
+        rows.append({"executor": name, "flags": " ".join([*(f"{k}={v}" for k, v in environment.items()), *flags]),
+                     "wall_s": round(wall, 1), "runs": len(dice[name]), "mean_test_dice": means})
+        print(f"{name}: {wall:.1f} s for {len(dice[name])} runs, mean test Dice {means}", flush=True)
+    walls = {row["executor"]: row["wall_s"] for row in rows}
     cores = os.cpu_count() or 1
     return {"segft_command": "segft " + " ".join(study), "cpus_per_run": cpus_per_run,
             "concurrent_runs": max(1, int(cores // cpus_per_run)), "executors": rows,
-            "speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2),
-            "dice": {"values_compared": len(differences), "identical": sum(d == 0 for d in differences),
-                     "max_abs_difference": max(differences, default=0.0)}}
+            "speedup": round(walls["local"] / walls["ray"], 2),
+            "speedup_over_1_thread": round(walls["local-1-thread"] / walls["ray"], 2),
+            "dice": {"ray_vs_local_1_thread": compare(dice["ray"], dice["local-1-thread"]),
+                     "ray_vs_local": compare(dice["ray"], dice["local"])}}
 
 
 def main() -> None:

@@ -108,6 +108,25 @@ def predict_memory_table(record: dict) -> str:
         f"{c['limit_mb']:,.0f} MB, **{'met' if c['passed'] else 'not met'}**."])
 
 
+def executor_table(record: dict) -> str:
+    """Wall time of one study in process and on Ray, the speed-ups, and how far apart their per-run Dice are."""
+    lines = ["| executor | flags | runs | wall time | mean test Dice, Dataset 1 / Dataset 2 |", "|---|---|---|---|---|"]
+    for r in record["executors"]:
+        means = r["mean_test_dice"]
+        lines.append(f"| {r['executor']} | {'`' + r['flags'] + '`' if r['flags'] else '(default)'} | {r['runs']} | "
+                     f"{r['wall_s'] / 60:.1f} min | {means['dataset1']:.3f} / {means['dataset2']:.3f} |")
+    same, other = record["dice"]["ray_vs_local_1_thread"], record["dice"]["ray_vs_local"]
+    return "\n".join([
+        f"`{record['command']}` ({_machine(record)}): `{record['segft_command']}`, {record['concurrent_runs']} runs "
+        f"at once on Ray:", "", *lines, "",
+        f"On Ray the study took **{1 / record['speedup']:.0%}** of the default in-process time "
+        f"({record['speedup']:.2f}x as fast; {record['speedup_over_1_thread']:.2f}x against one thread in process). "
+        f"Per-run test Dice, Ray against one thread in process: {same['identical']} of {same['values_compared']} "
+        f"values identical (largest difference {same['max_abs_difference']:.2g}); against the default in process: "
+        f"{other['identical']} of {other['values_compared']} identical, largest difference "
+        f"{other['max_abs_difference']:.2g}."])
+
+
 def repeatability(record: dict) -> str:
     """A second run of a study against the first (the same file name without ``-again``): how far apart they are."""
     first = json.loads((RESULTS / record["first_run"]).read_text()) if "first_run" in record else None
@@ -122,7 +141,7 @@ def repeatability(record: dict) -> str:
 
 
 RENDERERS = {"study-": study_table, "loss_choice": choice_table, "quick_lr_choice": choice_table,
-             "speed-": speed_table, "predict-memory-": predict_memory_table}
+             "speed-": speed_table, "predict-memory-": predict_memory_table, "executor-": executor_table}
 
 
 def render(file: str) -> str:

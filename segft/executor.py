@@ -38,6 +38,8 @@ WORKER_ENVIRONMENT = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
                       "MLFLOW_LOGGING_LEVEL": "WARNING"}
 #: Seconds to wait for a Ray cluster's address to answer.
 CONNECT_TIMEOUT_S = 5
+#: Seconds between two looks of the driver at its tasks.
+WAIT_S = 1.0
 #: Seconds the driver waits for cancelled tasks to end before it marks their runs KILLED.
 CANCEL_GRACE_S = 10
 
@@ -137,7 +139,10 @@ class RaySession:
         try:
             with tqdm(total=len(tasks), desc=description, unit="task") as bar:
                 while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
+                    # a timeout, so that Ctrl-C and SIGTERM (segft.cli: KeyboardInterrupt) are handled within a second
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                    if not done:
+                        continue
                     key = pending.pop(done[0])
                     try:
                         results[key] = ray.get(done[0])

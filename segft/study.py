@@ -235,6 +235,8 @@ def _run_in_process(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str,
 def _run_on_ray(runs: StudyRuns, plan: list[PlannedRun], finished: dict[str, RunResult]) -> dict[str, RunResult]:
     """Train every run not in ``finished`` as a Ray task (``segft.executor``): the base models at once, each arm
     as soon as its repeat's base model is registered."""
+    if all(key in finished for key in runs.keys(plan) if key != schema.THRESHOLD_ARM):
+        return {}  # a finished study started again: no Ray instance to start
     destination = tracking.Destination.of_this_process(runs.config.tracking.system_metrics)
     with executor.ray_session(runs.config.execution, destination) as session:
         shared = session.put(runs)
