@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -87,8 +88,11 @@ def ray_session(config: ExecutorConfig, destination: tracking.Destination) -> It
     if ray.is_initialized():
         yield RaySession(ray, config, destination)
         return
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=config.ray_address or None, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": WORKER_ENVIRONMENT})
+    for number, handler in handlers.items():  # Ray's own would exit (SIGTERM) or abort: keep segft.cli's
+        signal.signal(number, handler)
     try:
         yield RaySession(ray, config, destination)
     finally:

@@ -36,14 +36,19 @@ RAY = ["--executor", "ray", "--cpus-per-run", "1"]
 VICTIM = "finetune/n2/r1"
 
 
-def _segft(store: Path, *argv: str, data: Path) -> subprocess.CompletedProcess:
-    """``segft`` in its own process group (Ray starts helper processes), ended as a whole group."""
+def _start(store: Path, *argv: str, data: Path) -> subprocess.Popen:
+    """``segft`` in its own process group (Ray starts helper processes)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "TQDM_DISABLE": "1",
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     report = ["--report-dir", str(store / "report")] if argv[0] == "study" else []
     command = [sys.executable, "-m", "segft", *argv, "--data-dir", str(data), *report]
-    process = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    return subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _segft(store: Path, *argv: str, data: Path) -> subprocess.CompletedProcess:
+    """Run ``segft`` to its end; then end its whole process group."""
+    process = _start(store, *argv, data=data)
     try:
         stdout, stderr = process.communicate(timeout=600)
     finally:
@@ -51,7 +56,20 @@ def _segft(store: Path, *argv: str, data: Path) -> subprocess.CompletedProcess:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _running(store: Path) -> list[tuple[str, str]]:
+    """(run id, run key or '') of the RUNNING runs, read with sqlite3 read-only: an MLflow client would create or
+    migrate the database while ``segft`` does."""
+    query = """SELECT runs.run_uuid, COALESCE(run_key.value, '') FROM runs
+               LEFT JOIN tags AS run_key ON run_key.run_uuid = runs.run_uuid AND run_key.key = 'segft.run_key'
+               WHERE runs.status = 'RUNNING'"""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{store / 'mlflow.db'}?mode=ro", uri=True)) as db:
+            return db.execute(query).fetchall()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
 
 
 def _client(store: Path) -> MlflowClient:
@@ -77,26 +95,15 @@ def _finished(store: Path) -> dict[str, tuple[dict[str, float], list[float]]]:
     return outcome
 
 
-def _kill_when_running(store: Path, run_key: str, killed: list[dict[str, str]]) -> threading.Thread:
-    """A thread that SIGKILLs the Ray worker of ``run_key``'s first RUNNING run. It reads the store's tables
-    read-only with sqlite3: an MLflow client would create or migrate the database while ``segft`` does."""
-    query = """SELECT runs.run_uuid, pid.value FROM runs
-               JOIN tags AS run_key ON run_key.run_uuid = runs.run_uuid AND run_key.key = 'segft.run_key'
-               JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'segft.pid'
-               WHERE runs.status = 'RUNNING' AND run_key.value = ?"""
-
+def _kill_when_running(store: Path, run_key: str, killed: list[str]) -> threading.Thread:
+    """A thread that SIGKILLs the Ray worker of ``run_key``'s first RUNNING run (its ``segft.pid`` tag)."""
     def watch():
         deadline = time.time() + 300
         while time.time() < deadline:
-            try:
-                with contextlib.closing(sqlite3.connect(f"file:{store / 'mlflow.db'}?mode=ro", uri=True)) as db:
-                    running = db.execute(query, (run_key,)).fetchall()
-            except sqlite3.Error:  # not created yet, or locked for a moment
-                running = []
-            if running:
-                run_id, pid = running[0]
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(run_id)
+            victims = [run_id for run_id, key in _running(store) if key == run_key]
+            if victims:
+                os.kill(int(_client(store).get_run(victims[0]).data.tags["segft.pid"]), signal.SIGKILL)
+                killed.append(victims[0])
                 return
             time.sleep(0.05)
 
@@ -159,6 +166,28 @@ def test_a_task_that_dies_for_good_leaves_no_run_running(sequential, data, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _finished(tmp_path) == sequential
     assert sum(r.data.tags.get("segft.run_key") == VICTIM for r in _runs(tmp_path)) == 2  # the dead one + the new one
+
+
+def test_sigterm_to_a_study_on_ray_cancels_its_tasks_and_ends_every_run_killed(data, tmp_path):
+    """Ray installs its own SIGTERM handler in the driver (exit, then abort); segft keeps its own: exit 143."""
+    process = _start(tmp_path, *STUDY, *RAY, data=data)
+    try:
+        deadline = time.time() + 240
+        while len([key for _, key in _running(tmp_path) if key.startswith("base/")]) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)  # the driver only, as `timeout` or a job scheduler would
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    statuses = {r.data.tags.get("segft.run_key", "study"): (r.info.status, r.data.tags.get("segft.error"))
+                for r in _runs(tmp_path)}
+    assert statuses["study"][0] == "KILLED"
+    assert statuses["base/r0"] == statuses["base/r1"] == ("KILLED", "its Ray task was cancelled (the command was stopped)")
+    assert not [status for status, _ in statuses.values() if status == "RUNNING"]
 
 
 def test_tuning_workers_on_ray_share_one_optuna_study(data, tmp_path):
