@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
@@ -36,26 +37,28 @@ RAY = ["--executor", "ray", "--cpus-per-run", "1"]
 VICTIM = "finetune/n2/r1"
 
 
-def _start(store: Path, *argv: str, data: Path) -> subprocess.Popen:
-    """``segft`` in its own process group (Ray starts helper processes)."""
+@contextlib.contextmanager
+def _started(store: Path, *argv: str, data: Path) -> Iterator[subprocess.Popen]:
+    """``segft`` in its own process group (Ray starts helper processes), the whole group ended after the block."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "TQDM_DISABLE": "1",
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     report = ["--report-dir", str(store / "report")] if argv[0] == "study" else []
     command = [sys.executable, "-m", "segft", *argv, "--data-dir", str(data), *report]
-    return subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def _segft(store: Path, *argv: str, data: Path) -> subprocess.CompletedProcess:
-    """Run ``segft`` to its end; then end its whole process group."""
-    process = _start(store, *argv, data=data)
+    process = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        stdout, stderr = process.communicate(timeout=600)
+        yield process
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _segft(store: Path, *argv: str, data: Path) -> subprocess.CompletedProcess:
+    """Run ``segft`` to its end."""
+    with _started(store, *argv, data=data) as process:
+        stdout, stderr = process.communicate(timeout=600)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -170,18 +173,12 @@ def test_a_task_that_dies_for_good_leaves_no_run_running(sequential, data, tmp_p
 
 def test_sigterm_to_a_study_on_ray_cancels_its_tasks_and_ends_every_run_killed(data, tmp_path):
     """Ray installs its own SIGTERM handler in the driver (exit, then abort); segft keeps its own: exit 143."""
-    process = _start(tmp_path, *STUDY, *RAY, data=data)
-    try:
+    with _started(tmp_path, *STUDY, *RAY, data=data) as process:
         deadline = time.time() + 240
         while len([key for _, key in _running(tmp_path) if key.startswith("base/")]) < 2 and time.time() < deadline:
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)  # the driver only, as `timeout` or a job scheduler would
         _, stderr = process.communicate(timeout=120)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     statuses = {r.data.tags.get("segft.run_key", "study"): (r.info.status, r.data.tags.get("segft.error"))
                 for r in _runs(tmp_path)}

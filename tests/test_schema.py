@@ -13,8 +13,9 @@ from segft import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.glob("segft/**/*.py"), *ROOT.glob("analysis/**/*.py")])
-#: Modules that may talk to MLflow through segft.tracking: the run pipeline and the commands.
-TRACKING_USERS = {"segft.runs", "segft.study", "segft.tuning", "segft.predict", "segft.cli"}
+#: Modules that may talk to MLflow through segft.tracking: the run pipeline (segft.executor starts runs in Ray
+#: workers and ends the runs of dead tasks) and the commands.
+TRACKING_USERS = {"segft.runs", "segft.study", "segft.tuning", "segft.executor", "segft.predict", "segft.cli"}
 
 
 def module_name(path: Path) -> str:
