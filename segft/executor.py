@@ -167,8 +167,7 @@ class RaySession:
 
     def _end_runs_of(self, refs: list[Any], status: str, reason: str) -> None:
         for ref in refs:
-            tracking.fail_dead_runs(_task_filter(self.id, ref.task_id().hex()), gone=lambda tags: True,
-                                    status=status, reason=reason)
+            _end_task_runs(self.id, ref.task_id().hex(), status, reason)
 
 
 def _run_task(destination: tracking.Destination, session_id: str, threads: int, function: Callable[..., T],
@@ -181,10 +180,16 @@ def _run_task(destination: tracking.Destination, session_id: str, threads: int, 
     torch.set_num_threads(threads)
     task_id = ray.get_runtime_context().get_task_id()
     # Ray starts a task again only once its worker died: a RUNNING run of an earlier attempt is dead
-    tracking.fail_dead_runs(_task_filter(session_id, task_id), gone=lambda tags: True)
-    with tracking.task_tags({schema.RAY_TASK_TAG: f"{session_id}/{task_id}"}):
+    _end_task_runs(session_id, task_id, "FAILED")
+    with tracking.task_tags({schema.RAY_TASK_TAG: _task_tag(session_id, task_id)}):
         return function(*args)
 
 
-def _task_filter(session_id: str, task_id: str) -> str:
-    return f"tags.`{schema.RAY_TASK_TAG}` = '{session_id}/{task_id}'"
+def _task_tag(session_id: str, task_id: str) -> str:
+    return f"{session_id}/{task_id}"
+
+
+def _end_task_runs(session_id: str, task_id: str, status: str, reason: str = "") -> None:
+    """End the RUNNING runs of one task (tag ``segft.ray_task``) as ``status``: its process is known to be gone."""
+    tracking.fail_dead_runs(f"tags.`{schema.RAY_TASK_TAG}` = '{_task_tag(session_id, task_id)}'",
+                            gone=lambda tags: True, status=status, reason=reason)
