@@ -10,15 +10,17 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.summary import FORGETTING_MARGIN
-from segft.schema import DATASET1, FINETUNE_ARM, JOINT_ARM, RAW_ARM, SCRATCH_ARM, THRESHOLD_ARM
+from segft.schema import DATASET1, DATASET2, FINETUNE_ARM, JOINT_ARM, RAW_ARM, SCRATCH_ARM, THRESHOLD_ARM
 
 #: Arms that start from the base model: at 0 Dataset 2 images they are the raw model.
 FROM_BASE = (FINETUNE_ARM, JOINT_ARM)
 ARM_COLOURS = {FINETUNE_ARM: "#0072B2", SCRATCH_ARM: "#D55E00", JOINT_ARM: "#009E73",  # Okabe-Ito, colour-blind
                THRESHOLD_ARM: "#999999"}
 DATASET_DASH = {DATASET1: "dot"}
+#: Per-repeat dots: open circles on Dataset 1, open diamonds on Dataset 2 (a dot has no dash to tell them apart).
+DATASET_SYMBOL = {DATASET1: "circle-open", DATASET2: "diamond-open"}
 X_TITLE = "Dataset 2 images used for training"
-#: The legend item of the forgetting plot's per-repeat dots.
+#: The legend item of the per-repeat dots (both figures).
 PER_REPEAT = "per repeat"
 
 
@@ -61,14 +63,17 @@ def _check(table: pd.DataFrame, columns: list[str], what: str) -> None:
         raise ValueError(f"{what} table is empty or lacks columns {missing}")
 
 
-def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
+def dice_vs_images(summary: pd.DataFrame, per_repeat: pd.DataFrame | None = None) -> go.Figure:
     """Mean test Dice against the number of Dataset 2 training images, one line per dataset × arm.
 
     Arms that start from the base model (finetune, joint) begin at x = 0 with the raw model; scratch has no
-    0 point; the threshold arm (no training) is a level line across the plot. Dataset 1 lines are dotted, Dataset 2 lines solid; bands are 95 % bootstrap CIs.
+    0 point; the threshold arm (no training) is a level line across the plot. Dataset 1 lines are dotted, Dataset 2
+    lines solid; bands are 95 % bootstrap CIs. Each repeat's own mean Dice, when given, is an open marker in its
+    arm's colour (circle: Dataset 1, diamond: Dataset 2); one legend item, "per repeat", shows or hides them all.
 
     Args:
         summary: Output of ``analysis.summary.summarize``.
+        per_repeat: Output of ``analysis.summary.repeat_means``, or None for no dots.
 
     Raises:
         ValueError: If ``summary`` is empty or lacks the needed columns.
@@ -87,6 +92,8 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     if summary["arm"].eq(RAW_ARM).all():  # a study with only the raw model: show it as points
         for dataset, points in raw.groupby("dataset"):
             _add_line(fig, points, "mean", f"raw · {dataset}", "#555555", DATASET_DASH.get(dataset, "solid"))
+    if per_repeat is not None:
+        _add_repeat_dots(fig, per_repeat, "mean")
     fig.update_layout(title="Test Dice vs number of Dataset 2 training images (mean, 95% bootstrap CI)",
                       yaxis_title="Dice (mean over repeats × test images)", hovermode="closest",
                       legend_title_text="arm · test set")
@@ -95,15 +102,18 @@ def dice_vs_images(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _add_repeat_dots(fig: go.Figure, per_repeat: pd.DataFrame) -> None:
-    """Each repeat's Dataset 1 change as an open circle in its arm's colour, all under one legend item."""
-    _check(per_repeat, ["arm", "n_images", "dataset", "repeat", "mean_change"], "per-repeat change")
-    for index, (arm, points) in enumerate(_dataset1(per_repeat).groupby("arm", sort=True)):
+def _add_repeat_dots(fig: go.Figure, per_repeat: pd.DataFrame, y: str,
+                     datasets: tuple[str, ...] = (DATASET1, DATASET2)) -> None:
+    """Each repeat's ``per_repeat[y]`` on ``datasets`` as an open marker in its arm's colour (``DATASET_SYMBOL``),
+    all under one legend item; the threshold arm trains nothing, so it has no repeats to show."""
+    _check(per_repeat, ["arm", "n_images", "dataset", "repeat", y], "per-repeat")
+    shown = per_repeat[per_repeat["dataset"].isin(datasets) & (per_repeat["arm"] != THRESHOLD_ARM)]
+    for index, ((arm, dataset), points) in enumerate(shown.groupby(["arm", "dataset"], sort=True)):
         fig.add_trace(go.Scatter(
-            x=points["n_images"], y=points["mean_change"], mode="markers", name=PER_REPEAT, legendgroup=PER_REPEAT,
+            x=points["n_images"], y=points[y], mode="markers", name=PER_REPEAT, legendgroup=PER_REPEAT,
             showlegend=index == 0, customdata=points["repeat"],
-            marker={"color": _colour(arm), "symbol": "circle-open", "size": 8},
-            hovertemplate="n=%{x}, repeat %{customdata}: %{y:.3f}<extra>" + arm + "</extra>",
+            marker={"color": _colour(arm), "symbol": DATASET_SYMBOL.get(dataset, "circle-open"), "size": 8},
+            hovertemplate="n=%{x}, repeat %{customdata}: %{y:.3f}<extra>" + f"{arm} · {dataset}</extra>",
         ))
 
 
@@ -132,7 +142,7 @@ def forgetting(change: pd.DataFrame, tolerance: float = FORGETTING_MARGIN,
             points = pd.concat([start, points])
         _add_line(fig, points.sort_values("n_images"), "mean_change", arm, _colour(arm), "solid")
     if per_repeat is not None:
-        _add_repeat_dots(fig, per_repeat)
+        _add_repeat_dots(fig, per_repeat, "mean_change", datasets=(DATASET1,))
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     for y, position in ((tolerance, "top right"), (-tolerance, "bottom right")):
         fig.add_hline(y=y, line={"color": "grey", "dash": "dash", "width": 1},

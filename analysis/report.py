@@ -29,6 +29,42 @@ from segft.urls import redact
 GRID_FILE = "grid.png"
 
 
+@dataclass(frozen=True)
+class Champion:
+    """The model a study recommends, as its parent run records it (``segft.study`` writes the tags).
+
+    Attributes:
+        model_uri: The parent's ``segft.champion`` tag (``models:/<name>/<version>``, the version the ``champion``
+            alias points at); empty when the study recommends none.
+        run: The child run that logged that model version: ``arm n=<n> repeat <r> (run <id>)``; empty when no
+            child run carries the model URI.
+        reason: The parent's ``segft.champion_reason`` tag: the rule and why this run won (or why none did);
+            empty for studies run before segft wrote it.
+    """
+
+    model_uri: str = ""
+    run: str = ""
+    reason: str = ""
+
+    @classmethod
+    def of(cls, study: query.Study) -> Champion:
+        """Read the champion tags of ``study``'s parent and find the child run that logged the model."""
+        tags = study.parent.data.tags
+        model_uri = tags.get(schema.CHAMPION_TAG, "")
+        runs = [query.run_coordinates(r) for r in study.children
+                if model_uri and r.data.tags.get(schema.MODEL_URI_TAG) == model_uri]
+        run = (f"{runs[0]['arm']} n={runs[0]['n_images']} repeat {runs[0]['repeat']} (run {runs[0]['run_id']})"
+               if runs else "")
+        return cls(model_uri, run, tags.get(schema.CHAMPION_REASON_TAG, ""))
+
+    def sentence(self) -> str:
+        """One line for the terminal and the page."""
+        if not self.model_uri:
+            return f"none. {self.reason}" if self.reason else "none recorded on the study's parent run."
+        where = f", logged by {self.run}" if self.run else ""
+        return f"{self.model_uri}{where}. {self.reason or 'The study recorded no reason.'}"
+
+
 @dataclass(frozen=True, eq=False)
 class Report:
     """A written report and what it found.
@@ -44,8 +80,10 @@ class Report:
         tidy: One row per run × dataset × test image (``analysis.query.TIDY_COLUMNS``).
         summary: ``analysis.summary.summarize`` of ``tidy``.
         paired_change: ``analysis.summary.paired_change`` of ``tidy``.
-        findings: ``analysis.summary.findings`` of ``tidy``.
+        findings: ``analysis.summary.findings`` of ``tidy``: each claim with every run and without the trained
+            runs flagged as degenerate.
         degenerate: ``analysis.summary.degenerate_runs`` of ``tidy``.
+        champion: The model the study recommends and why (``Champion``).
     """
 
     study_id: str
@@ -59,6 +97,7 @@ class Report:
     paired_change: pd.DataFrame = field(default_factory=pd.DataFrame)
     findings: pd.DataFrame = field(default_factory=pd.DataFrame)
     degenerate: pd.DataFrame = field(default_factory=pd.DataFrame)
+    champion: Champion = field(default_factory=Champion)
 
     @property
     def html(self) -> Path:
@@ -75,6 +114,26 @@ def _runs_table(study: query.Study) -> pd.DataFrame:
 
 def _table_html(table: pd.DataFrame) -> str:
     return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
+
+
+def _flagged_note(report: Report) -> str:
+    """Which runs the second verdict of each finding leaves out, in words."""
+    flagged = summary.flagged_trained_runs(report.tidy)
+    if not flagged:
+        return "No trained run is flagged as degenerate: each verdict stands as it is."
+    disagree = int((~report.findings["agrees"]).sum())
+    return (f"{len(flagged)} trained run(s) flagged as degenerate ({', '.join(flagged)}); each finding is also "
+            f"decided without them: {disagree or 'no'} verdict(s) change.")
+
+
+def _findings_html(report: Report) -> str:
+    table = report.findings
+    if table["agrees"].all() and (table["evidence"] == table["evidence_without_flagged"]).all():
+        return _table_html(table[["claim", "verdict", "evidence"]])
+    shown = table.assign(agrees=table["agrees"].map({True: "yes", False: "DISAGREES"}))
+    return _table_html(shown.rename(columns={"verdict_without_flagged": "verdict without flagged runs",
+                                             "evidence_without_flagged": "evidence without flagged runs",
+                                             "agrees": "same verdict"}))
 
 
 def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: dict[str, go.Figure],
@@ -98,8 +157,10 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
 <code>{e(redact(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
+<h2>Champion</h2><p>{e(report.champion.sentence())}</p>
 <h2>Findings</h2><p>Each finding is decided on an interval: yes, no, or undecided when the interval straddles
-the bound.</p>{_table_html(report.findings)}
+the bound. A trained run flagged as degenerate cannot carry a finding. {e(_flagged_note(report))}</p>
+{_findings_html(report)}
 <h2>Runs flagged as degenerate</h2><p>Predicted foreground over {quality.DEGENERATE_RATIO:g}x or under
 1/{quality.DEGENERATE_RATIO:g} of the true foreground on a test set (fg_ratio), or exactly the same masks as another
 size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
@@ -109,10 +170,13 @@ size of the same arm and repeat. A flagged raw model shows the domain shift; a f
 <h2>Overlay comparison</h2><p>{e(grid_note)} Shown as a JPEG of at most {grid.INLINE_PIXELS:,} pixels; full
 resolution: <a href="{GRID_FILE}">{GRID_FILE}</a> beside this page (also under <code>report/</code> on the parent
 run).</p><img class="grid" alt="overlay grid" src="{grid_uri}">
-<h2>Mean test Dice</h2><p>95% confidence intervals from a hierarchical (two-stage) percentile bootstrap: each of
-9999 resamples draws the test images with replacement, then each drawn image's repeats with replacement, because
-every repeat is scored on the same test images (Davison &amp; Hinkley 1997, §3.8; Field &amp; Welsh 2007). With
-one base model per repeat, base-training variance is inside every interval.</p>{_table_html(report.summary)}
+<h2>Mean test Dice</h2><p>95% confidence intervals from a crossed (pigeonhole) percentile bootstrap: every repeat is
+scored on the same test images, so each of {summary.N_RESAMPLES} resamples draws the repeats once and each
+dataset's test images once, with replacement, and every arm, size and difference is computed on that same draw
+(McCullagh 2000; Owen 2007). For few repeats the draws are rescaled by sqrt(R/(R-1)) and sqrt(I/(I-1)) (Rao &amp;
+Wu 1988) and the interval widened by t/z with Satterthwaite degrees of freedom; details in
+<code>analysis/summary.py</code>. With one base model per repeat, base-training variance is inside every
+interval. The dots of the Dice figure are each repeat's own mean.</p>{_table_html(report.summary)}
 <h2>Paired change against the raw model (per test image and repeat)</h2>{_table_html(report.paired_change)}
 <h2>Runs</h2>{_table_html(runs)}
 <h2>Study parameters</h2>{_table_html(parameters)}
@@ -151,14 +215,14 @@ def build_report(config: ReportConfig) -> Report:
     report = Report(study.study_id, parent.info.run_id, parent.info.experiment_id, client.tracking_uri, folder,
                     tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
                     findings=summary.findings(tidy, _margin(parent.data.params)),
-                    degenerate=summary.degenerate_runs(tidy))
+                    degenerate=summary.degenerate_runs(tidy), champion=Champion.of(study))
     files = report.files  # filled in as they are written
     for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
                         ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate)):
         table.to_csv(folder / name, index=False)
         files[name] = folder / name
     # the figures live in report.html only: one inlined copy of plotly.js per report is enough
-    figs = {"dice_vs_images": figures.dice_vs_images(report.summary),
+    figs = {"dice_vs_images": figures.dice_vs_images(report.summary, summary.repeat_means(tidy)),
             "forgetting": figures.forgetting(report.paired_change, _margin(parent.data.params),
                                              summary.repeat_change(tidy))}
     arm = _grid_arm(tidy)
@@ -185,23 +249,35 @@ def _ui_hint(report: Report) -> str:
             f"then open {schema.DEFAULT_UI}/{path}")
 
 
+def _verdict(verdict: str) -> str:
+    return verdict.upper() if verdict == summary.NO else verdict
+
+
 def text_summary(report: Report) -> str:
-    """A short terminal summary: mean Dice [95% CI] per arm × size × dataset, the findings, where the report is."""
+    """A short terminal summary: mean Dice [95% CI] per arm × size × dataset, the champion, the findings (with
+    their verdict without the flagged runs where that differs), where the report is."""
     table = report.summary
     table = table.assign(cell=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
                                zip(table["mean"], table["ci_low"], table["ci_high"])])
     pivot = table.pivot(index=["arm", "n_images"], columns="dataset", values="cell").reset_index()
     pivot = pivot.sort_values(["arm", "n_images"], key=summary.arm_first).rename(columns={"n_images": "n"})
     pivot.columns.name = None
-    claims = [f"  [{r.verdict.upper() if r.verdict == summary.NO else r.verdict}] {r.claim}: {r.evidence}"
-              for r in report.findings.itertuples()]
+    claims = []
+    for r in report.findings.itertuples():
+        claims.append(f"  [{_verdict(r.verdict)}] {r.claim}: {r.evidence}")
+        if r.evidence_without_flagged != r.evidence:
+            claims.append(f"      without the flagged runs: [{_verdict(r.verdict_without_flagged)}] "
+                          f"{r.evidence_without_flagged}"
+                          + ("" if r.agrees else "  <- the verdicts DISAGREE: a flagged run carries this finding"))
     flagged = [f"  {r.arm} n={r.n_images} repeat {r.repeat}, {r.dataset}: {r.reason}"
                for r in report.degenerate.itertuples()]
     return "\n".join([
         f"Study {report.study_id} (parent run {report.parent_run_id}): {report.tidy['run_id'].nunique()} runs",
-        "Mean test Dice [95% hierarchical bootstrap CI: test images, then repeats]:",
+        "Mean test Dice [95% crossed bootstrap CI: repeats × test images]:",
         pivot.to_string(index=False),
+        f"Champion: {report.champion.sentence()}",
         "Findings:",
+        f"  {_flagged_note(report)}",
         *claims,
         *(["Runs flagged as degenerate on test images:", *flagged] if flagged else []),
         f"Report: {report.html} (also logged on the parent run under report/)",

@@ -141,7 +141,13 @@ class TrainConfig:
         batch_size: Patches per optimizer step.
         lr: Adam learning rate.
         patch_size: Side of the square training patches (and of the inference window).
-        seed: Seeds weight initialisation and patch order; a CPU run with the same seed is repeatable.
+        seed: Seeds weight initialisation and patch order; a CPU run with the same seed, ``threads`` and CPU
+            instruction sets is repeatable.
+        threads: PyTorch threads every run trains with: another count sums in another order, and training
+            amplifies the rounding into other results, so it is logged (param ``threads``) and part of a study's id
+            and a base model's key. 0 resolves it once as the command starts: on Ray to the task's
+            ``cpus_per_run`` rounded down (at least 1), in process to the count torch chose (``OMP_NUM_THREADS``,
+            else the cores).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         overlap: Fraction of the window shared by neighbouring windows at evaluation.
         freeze: What training from a base model (fine-tuning, joint) keeps fixed: ``none`` (the original
@@ -163,6 +169,7 @@ class TrainConfig:
     lr: float = 1e-5
     patch_size: int = 128
     seed: int = 0
+    threads: int = 0
     device: str = "auto"
     overlap: float = 0.5
     freeze: str = "none"
@@ -177,12 +184,15 @@ class TrainConfig:
         """Refuse settings that could only fail later, once an MLflow run exists.
 
         Raises:
-            ValueError: For non-positive epochs, batch size or learning rate, an overlap outside [0, 1), an
-                unknown freeze, step or autocast mode, or a patch size the encoder cannot halve ``encoder_depth`` times.
+            ValueError: For non-positive epochs, batch size or learning rate, negative threads, an overlap outside
+                [0, 1), an unknown freeze, step or autocast mode, or a patch size the encoder cannot halve
+                ``encoder_depth`` times.
         """
         refuse_non_finite(self)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: resolved as the command starts), got {self.threads}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.freeze not in FREEZE_MODES:
@@ -238,7 +248,8 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """Where a study's runs, or a tuning's workers, execute; never part of what a study computes (its id).
+    """Where a study's runs, or a tuning's workers, execute; not part of a study's id, except through the thread
+    count it resolves ``TrainConfig.threads`` 0 to.
 
     Attributes:
         executor: ``local`` (in this process, one run after the other) or ``ray`` (each run, or each tuning worker,
@@ -246,7 +257,8 @@ class ExecutorConfig:
         ray_address: Ray cluster to submit to (``auto``, ``ray://host:10001``...); empty starts a local Ray
             instance with this machine's CPUs and GPUs. Workers on other machines must reach the tracking server
             (and the tuning storage), and the data folder at the same path.
-        cpus_per_run: CPUs each Ray task asks for; a task's PyTorch uses that many threads.
+        cpus_per_run: CPUs each Ray task asks for; with ``threads`` 0, a task's PyTorch uses that many threads
+            (rounded down, at least 1).
         gpus_per_run: GPUs each Ray task asks for; fractions share a GPU (0.25: four fine-tunes on one GPU, each
             in its own process with its own CUDA graph and stream).
         task_retries: Times Ray starts a task again whose worker died (killed, out of memory, node lost); its

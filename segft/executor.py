@@ -4,7 +4,8 @@ The command that starts them (the driver) keeps what it does in process: the dat
 arm, the aliases, the report. Each Ray task sends its runs where the driver's go (``tracking.Destination``) and
 starts them as children of the driver's parent run. Ray starts a task once its resources are free
 (``cpus_per_run``, ``gpus_per_run``; a fraction of a GPU shares it) and once the tasks whose results it takes as
-arguments are done: a fine-tuning run waits for its base model.
+arguments are done: a fine-tuning run waits for its base model. Every task's PyTorch gets the session's thread
+count, which the driver resolved (``segft.machine.resolve_threads``) and which its runs log.
 
 Failures, so that no run is left RUNNING (Ray's fault-tolerance rules: tasks are retried when their worker dies,
 https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html):
@@ -19,7 +20,6 @@ https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html):
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import socket
 import uuid
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from segft import schema, tracking
 from segft.config import ExecutorConfig
+from segft.machine import resolve_threads
 
 T = TypeVar("T")
 #: Set in every worker: the driver shows one progress bar over the tasks, and the workers' warnings and errors
@@ -79,14 +80,21 @@ def check_executor(config: ExecutorConfig) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(config: ExecutorConfig, destination: tracking.Destination) -> Iterator[RaySession]:
+def ray_session(config: ExecutorConfig, destination: tracking.Destination, threads: int = 0) -> Iterator[RaySession]:
     """Connect to ``config.ray_address`` (or start a local Ray instance) for the block; disconnect after it.
 
     A session already open in this process (a notebook's ``ray.init``) is used as it is and left open.
+
+    Args:
+        config: Where and with which resources the tasks run.
+        destination: Where their runs go.
+        threads: PyTorch threads of every task: the runs' resolved ``TrainConfig.threads``; 0 resolves it from
+            ``config`` (``cpus_per_run`` rounded down, at least 1).
     """
     ray = require_ray()
+    threads = resolve_threads(threads, config)
     if ray.is_initialized():
-        yield RaySession(ray, config, destination)
+        yield RaySession(ray, config, destination, threads)
         return
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=config.ray_address or None, include_dashboard=False, logging_level="WARNING",
@@ -94,14 +102,15 @@ def ray_session(config: ExecutorConfig, destination: tracking.Destination) -> It
     for number, handler in handlers.items():  # Ray's own would exit (SIGTERM) or abort: keep segft.cli's
         signal.signal(number, handler)
     try:
-        yield RaySession(ray, config, destination)
+        yield RaySession(ray, config, destination, threads)
     finally:
         ray.shutdown()
 
 
 @dataclass(frozen=True)
 class RaySession:
-    """Tasks submitted with ``config``'s resources and retries, their runs going to ``destination``.
+    """Tasks submitted with ``config``'s resources and retries, each with ``threads`` PyTorch threads, their runs
+    going to ``destination``.
 
     ``id`` tells this session's tasks from another driver's: Ray numbers the tasks of every new local instance
     the same way, so a task's id alone would not name its runs on a shared tracking server.
@@ -110,6 +119,7 @@ class RaySession:
     ray: Any
     config: ExecutorConfig
     destination: tracking.Destination
+    threads: int
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def put(self, value: Any) -> Any:
@@ -126,8 +136,7 @@ class RaySession:
         remote = self.ray.remote(_run_task).options(
             num_cpus=self.config.cpus_per_run, num_gpus=self.config.gpus_per_run,
             max_retries=self.config.task_retries, name=name)
-        return remote.remote(self.destination, self.id, max(1, math.floor(self.config.cpus_per_run)), function,
-                             *args)
+        return remote.remote(self.destination, self.id, self.threads, function, *args)
 
     def gather(self, tasks: dict[str, Any], description: str) -> dict[str, Any]:
         """Wait for every task, with a progress bar; their results by key.

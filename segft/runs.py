@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from segft import schema, tracking
+from segft import machine, schema, tracking
 from segft.checkpoint import InferenceSettings, load_checkpoint, save_checkpoint
 from segft.config import BaseConfig, FinetuneConfig, ModelConfig, RegistryConfig, TrackingConfig, TrainConfig
 from segft.data.imageset import ImageSet, StudyData
@@ -46,9 +46,10 @@ class RunResult:
         run_id: The MLflow run.
         model_uri: The registered model version, ``models:/<name>/<version>`` (empty for the threshold arm).
         test_metrics: ``test_dice_<dataset>`` and ``test_fg_ratio_<dataset>`` of both test sets.
-        val_metrics: ``val_dice_dataset2`` and ``val_fg_ratio_dataset2`` when the run had validation images.
-        val_table: Per validation image: dice, tp, fp, fn and the mask's digest (``segft.quality``); None
-            without validation images.
+        val_metrics: ``val_dice_<dataset>`` and ``val_fg_ratio_<dataset>`` of each dataset it was validated on
+            (none without validation images).
+        val_table: Per validation image: dataset, image, dice, tp, fp, fn and the mask's digest
+            (``segft.quality``); None without validation images.
     """
 
     run_id: str
@@ -74,15 +75,17 @@ class Prepared:
 
 
 def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
-    """Resolve the device, check the model settings, load and validate the data (``config.data_dir``, or the
-    built-in data), split it, check that the pool holds every size in ``n_images`` (the one place that does) and
-    digest it: every user error surfaces here, before any MLflow run exists.
+    """Resolve the device, give this process's PyTorch ``config.threads`` (``machine.resolve_threads``: 0 keeps
+    its count), check the model settings, load and validate the data (``config.data_dir``, or the built-in data),
+    split it, check that the pool holds every size in ``n_images`` (the one place that does) and digest it: every
+    user error surfaces here, before any MLflow run exists.
 
     Raises:
         DataError: For bad files or too few images, in one line naming the culprit.
         ValueError: For a model that cannot be built (unknown encoder...) or an unavailable device.
     """
     device = resolve_device(config.device)
+    torch.set_num_threads(machine.resolve_threads(config.threads))
     check_model_config(config.model)
     data = load_data(config.data_dir)
     split = split_study(data, config.split)
@@ -105,8 +108,8 @@ class RunSpec:
         run_name: Shown in the MLflow UI.
         params: More parameters to log (repeat, base model, base key...).
         tags: More run tags (study id, run key, repeat...).
-        validation_set: Images, never test images, scored after training (``val_*`` metrics): a study picks its
-            champion by them.
+        validation_sets: Image sets, never test images, one per dataset, scored after training (``val_*``
+            metrics, one input ``<dataset>-validation`` each): a study picks its champion by them.
         nested: Start the run as a child of the active run (studies).
         new_run: Create a new run even under ``mlflow run`` (see ``tracking.start_run``).
         parent_run_id: Start the run as a child of this run, active in this process or not (a study's run in a
@@ -122,7 +125,7 @@ class RunSpec:
     run_name: str
     params: dict[str, object] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    validation_set: ImageSet | None = None
+    validation_sets: tuple[ImageSet, ...] = ()
     nested: bool = False
     new_run: bool = False
     parent_run_id: str | None = None
@@ -136,24 +139,24 @@ def fresh_model(config: TrainConfig) -> nn.Module:
 
 def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
     """Train ``model`` as ``spec`` says in one MLflow run, evaluate it on both test sets (and the validation
-    images), log everything (its data as dataset inputs, each score linked to the data it was computed on) and
-    register it."""
-    config, split, device = spec.config, prepared.split, prepared.device
+    images), log everything (its data as dataset inputs, each score linked to the data it was computed on; the
+    thread count it trained with, the CPU and the code version: ``segft.machine``) and register it."""
+    config, split, device = machine.with_threads(spec.config), prepared.split, prepared.device
+    torch.set_num_threads(config.threads)  # the count it logs is the count it runs with, in process or on Ray
     model = model.to(device)
     patches = make_patches(spec.train_set, config.patch_size, device)
     tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.DIGEST_TAG: prepared.digest,
             schema.ENCODER_TAG: config.model.encoder, **spec.tags}
     training_input = dataset_input(spec.train_set, "train", schema.TRAINING_CONTEXT)
-    validation_input = (dataset_input(spec.validation_set, "validation", schema.VALIDATION_CONTEXT)
-                        if spec.validation_set else None)
+    validation_inputs = [dataset_input(s, "validation", schema.VALIDATION_CONTEXT) for s in spec.validation_sets]
     with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested,
                             parent_run_id=spec.parent_run_id) as run:
-        tracking.log_params({**tracking.flatten_config(config), "n_images": spec.n_images, **spec.params,
-                             "data_digest": prepared.digest, "data_source": spec.train_set.source,
+        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "n_images": spec.n_images,
+                             **spec.params, "data_digest": prepared.digest, "data_source": spec.train_set.source,
                              "train_patches": len(patches)})
-        validation = {"validation": list(spec.validation_set.names)} if spec.validation_set else {}
+        validation = {f"{s.name}_validation": list(s.names) for s in spec.validation_sets}
         tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
-        tracking.log_inputs([training_input, *([validation_input] if validation_input else []), *prepared.test_inputs])
+        tracking.log_inputs([training_input, *validation_inputs, *prepared.test_inputs])
         train(model, patches, config, description=spec.run_name,
               on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts))
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +168,12 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
         metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)],
                                   prepared, model_id)
         val_metrics, val_table = {}, None
-        if spec.validation_set:
-            val_table = evaluation_table(evaluate(segmenter, spec.validation_set))
+        if spec.validation_sets:
+            val_table = evaluation_table([r for s in spec.validation_sets for r in evaluate(segmenter, s)])
             val_metrics = dataset_metrics(val_table, schema.VALIDATION)
-            tracking.log_validation(val_table, val_metrics, validation_input, model_id)
+            tracking.log_validation(val_table, {
+                item: {name: value for name, value in val_metrics.items() if name.endswith(f"_{s.name}")}
+                for item, s in zip(validation_inputs, spec.validation_sets)}, model_id)
         description = describe(spec, metrics, val_metrics)
         tracking.describe_run(description)
         version_tags = {**tags, "n_images": str(spec.n_images),
@@ -183,7 +188,8 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
 REGISTERED_MODEL_DESCRIPTIONS = {
     schema.ROLE_BASE: "segft base models: trained on Dataset 1's training images, tested on both datasets' test images.",
     **{role: "segft models trained with Dataset 2 images: fine-tuned from a base model (finetune, joint) or from "
-             "scratch, tested on both datasets' test images, validated on the Dataset 2 pool images they left out."
+             "scratch, tested on both datasets' test images; a study's finetune runs validated on Dataset 2's pool "
+             "and Dataset 1's training images, segft finetune's on the pool images it left out."
        for role in (schema.ROLE_FINETUNE, schema.SCRATCH_ARM, schema.JOINT_ARM)},
 }
 
@@ -206,8 +212,9 @@ def describe(spec: RunSpec, metrics: dict[str, float], val_metrics: dict[str, fl
     config = spec.config
     scores = ", ".join(f"{dataset} {metrics[schema.metric_name(schema.TEST, 'dice', dataset)]:.3f}"
                        for dataset in (schema.DATASET1, schema.DATASET2))
-    validation = (f"; validation Dice {val_metrics[schema.VALIDATION_METRIC]:.3f} on {len(spec.validation_set)} "
-                  "Dataset 2 pool images it did not train on" if val_metrics else "")
+    validation = "".join(
+        f"; validation Dice {val_metrics[schema.metric_name(schema.VALIDATION, 'dice', s.name)]:.3f} on "
+        f"{len(s)} {s.name} images" for s in spec.validation_sets)
     kind = spec.role if spec.role == spec.arm else f"{spec.role} ({spec.arm})"
     return (f"{spec.run_name}: {kind} trained {start} on {len(spec.train_set)} images "
             f"({spec.train_set.name}) for {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
@@ -250,7 +257,8 @@ def log_study_data(split: StudySplit) -> None:
 def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
     """The fine-tuning pool's images not at the (0-based) ``used`` positions, or None when all were used.
 
-    Fine-tuning runs validate on these: they are Dataset 2 images the run did not train on, and never test images.
+    ``segft finetune`` validates on these: Dataset 2 images the run did not train on, never test images (a study
+    scores its runs on the whole pool instead: ``segft.study.selection_sets``).
     """
     used = set(used)
     rest = [i for i in range(len(split.finetune_pool)) if i not in used]
@@ -260,19 +268,24 @@ def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
 # ------------------------------------------------------------------------------------------------ base models
 
 #: The training settings that, with the data, split, model and loss, define a base model (``base_key``); the
-#: others (device, step mode, layout, evaluation overlap, freezing) do not change what base training learns.
-BASE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "patch_size", "seed", "autocast")
+#: others (device, step mode, layout, evaluation overlap, freezing) do not change what base training learns. The
+#: thread count does: another summation order, amplified by training (``segft.machine``).
+BASE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "patch_size", "seed", "autocast", "threads")
 
 
 def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
     """Digest of everything that defines a base model: data digest, the split's file names, architecture and its
-    settings, loss settings and ``BASE_TRAINING_FIELDS``. A base model is reused only under the same key."""
+    settings, loss settings, ``BASE_TRAINING_FIELDS`` (the thread count resolved: ``machine.with_threads``) and
+    the code version (package version and git commit, ``machine.CodeVersion.key``: uncommitted changes are not
+    keyed). A base model is reused only under the same key."""
+    config = machine.with_threads(config)
     definition = {
         "data_digest": digest,
         "split": split.file_names(),
         "model": dataclasses.asdict(config.model),
         "loss": dataclasses.asdict(config.loss),
         "training": {name: getattr(config, name) for name in BASE_TRAINING_FIELDS},
+        "code": machine.code_version().key,
     }
     return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -407,10 +420,11 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     track_in(config.tracking)
     base = base_model_or_train(config.base_model, config.train, config.registry, prepared)
     model, train_config = model_from_base(base, config.train)
+    left_out = left_out_of_pool(prepared.split, range(config.n_images))
     spec = RunSpec(role=schema.ROLE_FINETUNE, arm=schema.FINETUNE_ARM, config=train_config,
                    train_set=prepared.split.finetune_subset(config.n_images),
                    registered_name=config.registry.finetuned_model_name, n_images=config.n_images,
                    run_name=f"finetune-n{config.n_images}",
                    params={"base_model_uri": base.uri, "base_run_id": tracking.model_source_run(base.uri) or ""},
-                   validation_set=left_out_of_pool(prepared.split, range(config.n_images)))
+                   validation_sets=(left_out,) if left_out else ())
     return execute(spec, model, prepared)

@@ -20,6 +20,8 @@ MODEL_URI_TAG = "segft.model_uri"
 BASE_KEY_TAG = "segft.base_key"
 #: On a study's parent run: the model version it recommends.
 CHAMPION_TAG = "segft.champion"
+#: On a study's parent run: one sentence naming the champion rule and why this run won.
+CHAMPION_REASON_TAG = "segft.champion_reason"
 TUNING_STUDY_TAG = "segft.tuning_study"
 TRIAL_NUMBER_TAG = "segft.trial_number"
 #: Optuna's state of a tuning trial's run: RUNNING, then COMPLETE, PRUNED or FAIL.
@@ -37,6 +39,21 @@ ERROR_TAG = "segft.error"
 #: On a registered model version: the status of its run when that run did not finish (never reused or aliased).
 UNFINISHED_RUN_TAG = "segft.unfinished_run"
 BEST_RUN_ID_TAG = "segft.best_run_id"
+
+# ---- run params recording what results depend on besides settings and data (``segft.machine``)
+#: The resolved PyTorch thread count (``TrainConfig.threads``, logged with the settings).
+THREADS_PARAM = "threads"
+CPU_MODEL_PARAM = "cpu_model"
+CPU_FAMILY_PARAM = "cpu_family"
+CPU_MODEL_NUMBER_PARAM = "cpu_model_number"
+#: The CPU's vector instruction sets PyTorch and oneDNN choose kernels by, comma-separated (``avx2,fma,avx512f``).
+CPU_ISA_PARAM = "cpu_isa"
+#: What PyTorch's own kernels dispatch to (``torch.backends.cpu.get_cpu_capability``: ``AVX2``, ``AVX512``...).
+TORCH_CPU_CAPABILITY_PARAM = "torch_cpu_capability"
+#: segft's package version.
+CODE_VERSION_PARAM = "code_version"
+#: The git commit segft ran from, ``-dirty`` when tracked files had changes; empty outside a checkout.
+GIT_COMMIT_PARAM = "git_commit"
 
 # ---- roles (tag ``segft.role``) and arms (tag ``segft.arm``)
 ROLE_BASE = "base"

@@ -366,10 +366,12 @@ def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> ml
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
 
 
-def log_validation(table: pd.DataFrame, metrics: dict[str, float], dataset: DatasetInput, model_id: str) -> None:
-    """Log validation scores (never test images): the metrics, linked to the validation images and the logged
-    model, and ``evaluation/val_per_image_dice.csv``."""
-    mlflow.log_metrics(metrics, dataset=dataset.as_mlflow(), model_id=model_id)
+def log_validation(table: pd.DataFrame, metrics: dict[DatasetInput, dict[str, float]], model_id: str) -> None:
+    """Log validation scores (never test images): the metrics, each linked to the validation images it was
+    computed on (one input per dataset) and to the logged model, and the per-image table (every dataset's rows)
+    as ``evaluation/val_per_image_dice.csv``."""
+    for dataset, values in metrics.items():
+        mlflow.log_metrics(values, dataset=dataset.as_mlflow(), model_id=model_id)
     mlflow.log_text(table.to_csv(index=False), schema.VALIDATION_CSV)
 
 
@@ -386,6 +388,13 @@ def read_validation_table(run_id: str) -> pd.DataFrame | None:
 def set_champion_tag(model_uri: str) -> None:
     """Record on the active run (a study's parent) the model version it recommends (tag ``segft.champion``)."""
     mlflow.set_tag(schema.CHAMPION_TAG, model_uri)
+
+
+def set_champion_reason(reason: str) -> None:
+    """Record on the active run (a study's parent) why it recommends its champion, or why it recommends none
+    (tag ``segft.champion_reason``, cut to MLflow's limit on a tag's length)."""
+    limit = 8000  # MLflow's longest tag value
+    mlflow.set_tag(schema.CHAMPION_REASON_TAG, reason if len(reason) <= limit else reason[:limit - 3] + "...")
 
 
 def set_model_uri_tag(model_uri: str) -> None:

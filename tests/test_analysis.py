@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from scipy import stats
 
 from analysis import figures, grid, query, summary
-from analysis.report import build_report, text_summary
+from analysis import report as report_module
+from analysis.report import Champion, Report, build_report, text_summary
+from segft import schema
 from segft.config import ReportConfig
 
 
@@ -30,28 +33,38 @@ def make_tidy(raw: dict[str, list[float]], runs: dict[tuple[str, int, str], list
 
 # ---- bootstrap and summary ----
 
-@pytest.mark.parametrize("values", [[0.1, 0.5, 0.7, 0.2], [0.9, 0.95], [0.0, 1.0, 0.5, 0.5, 0.25, 0.75]])
-def test_bootstrap_ci_contains_mean_and_is_reproducible(values):
-    low, high = summary.bootstrap_ci(np.array(values))
-    assert low <= np.mean(values) <= high and low < high
-    assert summary.bootstrap_ci(np.array(values)) == (low, high)
+def one_cell(per_repeat: list[list[float]]) -> pd.DataFrame:
+    """One cell's rows: ``per_repeat[r][i]`` is the Dice of test image i in repeat r."""
+    return pd.DataFrame([{"repeat": r, "image": f"{i:03d}", "dice": v}
+                         for r, values in enumerate(per_repeat) for i, v in enumerate(values)])
 
 
-@pytest.mark.parametrize("values, expected", [
-    ([0.7], (0.7, 0.7)), ([0.3, 0.3, 0.3], (0.3, 0.3)), ([0.0] * 5, (0.0, 0.0)),
+@pytest.mark.parametrize("per_repeat", [[[0.1, 0.5, 0.7, 0.2]], [[0.9, 0.95], [0.8, 0.9]],
+                                        [[0.0, 1.0, 0.5], [0.5, 0.25, 0.75], [0.3, 0.3, 0.4]]])
+def test_crossed_ci_contains_mean_and_is_reproducible(per_repeat):
+    cell = one_cell(per_repeat)
+    low, high = summary.crossed_ci(cell)
+    assert low <= cell["dice"].mean() <= high and low < high
+    assert summary.crossed_ci(cell) == (low, high)
+
+
+@pytest.mark.parametrize("per_repeat, expected", [
+    ([[0.7]], (0.7, 0.7)), ([[0.3, 0.3, 0.3]], (0.3, 0.3)), ([[0.0] * 5] * 3, (0.0, 0.0)),
 ])
-def test_bootstrap_ci_degenerate_is_the_value_without_warnings(values, expected):
+def test_crossed_ci_degenerate_is_the_value_without_warnings(per_repeat, expected):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert summary.bootstrap_ci(np.array(values)) == expected
+        assert summary.crossed_ci(one_cell(per_repeat)) == expected
 
 
-@pytest.mark.parametrize("values, confidence, message", [
-    ([], 0.95, "at least one finite"), ([0.1, np.nan], 0.95, "at least one finite"), ([0.1, 0.2], 1.5, "confidence"),
+@pytest.mark.parametrize("per_repeat, confidence, message", [
+    ([], 0.95, "at least one finite"), ([[0.1, np.nan]], 0.95, "at least one finite"),
+    ([[0.1, 0.2]], 1.5, "confidence"),
 ])
-def test_bootstrap_ci_rejects_bad_input(values, confidence, message):
+def test_crossed_ci_rejects_bad_input(per_repeat, confidence, message):
+    cell = one_cell(per_repeat) if per_repeat else pd.DataFrame(columns=["repeat", "image", "dice"])
     with pytest.raises(ValueError, match=message):
-        summary.bootstrap_ci(np.array(values), confidence)
+        summary.crossed_ci(cell, confidence=confidence)
 
 
 def test_summarize_groups_arm_size_dataset():
@@ -105,13 +118,13 @@ def test_paired_change_rejects_two_raw_runs():
 # ---- findings ----
 
 def _study(raw1=0.8, raw2=0.4, ft_small=0.5, ft_large=0.8, ft1=(-0.01, -0.02), sizes=(5, 20)) -> pd.DataFrame:
-    """Two images, two repeats; Dataset 2 finetune Dice per size and Dataset 1 change from raw per size."""
+    """Two images, three repeats; Dataset 2 finetune Dice per size and Dataset 1 change from raw per size."""
     runs = {}
     for n, d2 in zip(sizes, (ft_small, ft_large)):
-        runs[("finetune", n, "dataset2")] = [[d2, d2 + 0.02], [d2 + 0.01, d2 + 0.03]]
+        runs[("finetune", n, "dataset2")] = [[d2, d2 + 0.02], [d2 + 0.01, d2 + 0.03], [d2 + 0.005, d2 + 0.025]]
     for n, change in zip(sizes, ft1):
         d1 = raw1 + change
-        runs[("finetune", n, "dataset1")] = [[d1, d1 + 0.02], [d1 + 0.01, d1 + 0.03]]
+        runs[("finetune", n, "dataset1")] = [[d1, d1 + 0.02], [d1 + 0.01, d1 + 0.03], [d1 + 0.005, d1 + 0.025]]
     return make_tidy({"dataset1": [raw1, raw1 + 0.02], "dataset2": [raw2, raw2 + 0.02]}, runs)
 
 
@@ -179,42 +192,114 @@ def test_forgetting_margin_is_the_study_parameter():
     assert found["verdict"].iloc[2] == "yes" and "±0.1" in found["claim"].iloc[2]
 
 
-def test_size_gain_states_the_trend_test():
-    tidy = table(RAW, FT_D2, rows("finetune", 10, "dataset2", [[0.6, 0.62], [0.61, 0.63]]))
-    assert "Page's L test" in summary.findings(tidy)["evidence"].iloc[1]
-    assert "an increasing trend" in summary.findings(tidy)["evidence"].iloc[1]
+def test_size_gain_states_the_trend_test_on_one_block_per_test_image():
+    """Repeats are crossed with images, so (repeat, image) blocks are not independent: Page's blocks are the test
+    images, each with its mean Dice over the repeats at every size."""
+    sizes = {5: [[0.5, 0.3, 0.4], [0.52, 0.33, 0.45]], 10: [[0.6, 0.35, 0.5], [0.61, 0.4, 0.52]],
+             20: [[0.8, 0.5, 0.55], [0.81, 0.45, 0.6]]}
+    tidy = table(RAW, *[rows("finetune", n, "dataset2", values) for n, values in sizes.items()])
+    evidence = summary.findings(tidy)["evidence"].iloc[1]
+    blocks = np.mean([values for values in sizes.values()], axis=1).T  # (images, sizes)
+    page = stats.page_trend_test(blocks)
+    assert f"(3 test images, each its mean over the repeats): L = {page.statistic:.0f}" in evidence
+    assert f"p = {page.pvalue:.2g}" in evidence and "an increasing trend" in evidence
 
 
-# ---- hierarchical intervals ----
+# ---- crossed intervals (their coverage: tests/test_intervals.py) ----
 
-def nested_table(image_sd: float, repeat_sd: float, images: int = 8, repeats: int = 3) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    effect = rng.normal(0.6, image_sd, images)
-    return pd.DataFrame([{"image": f"{i:03d}", "repeat": r, "dice": effect[i] + rng.normal(0, repeat_sd)}
+def crossed_table(image_sd: float, repeat_sd: float, images: int = 8, repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+    """One cell, y[r, i] = 0.6 + a_r + b_i, and nothing else."""
+    rng = np.random.default_rng(seed)
+    image, repeat = rng.normal(0, image_sd, images), rng.normal(0, repeat_sd, repeats)
+    return pd.DataFrame([{"image": f"{i:03d}", "repeat": r, "dice": 0.6 + image[i] + repeat[r]}
                          for i in range(images) for r in range(repeats)])
 
 
-def test_hierarchical_interval_is_wider_than_the_row_bootstrap_when_images_differ_more_than_repeats():
-    """With images that differ (sd 0.15) and repeats that barely do (sd 0.005), the 24 rows carry only 8 images'
-    worth of information: the row bootstrap, which treats them as independent, is too narrow by about sqrt(3)."""
-    tidy = nested_table(image_sd=0.15, repeat_sd=0.005)
-    low, high = summary.hierarchical_ci(tidy)
-    row_low, row_high = summary.bootstrap_ci(tidy["dice"].to_numpy())
-    assert (high - low) > 1.4 * (row_high - row_low)
+def test_crossed_interval_counts_images_not_rows():
+    """With images that differ (sd 0.15) and repeats that do not, the 24 rows carry only 8 images' worth of
+    information: the interval is about the t interval of the 8 image means, not the sqrt(3) narrower one of rows."""
+    tidy = crossed_table(image_sd=0.15, repeat_sd=0.0)
+    low, high = summary.crossed_ci(tidy)
+    image_means = tidy.groupby("image")["dice"].mean()
+    t_low, t_high = stats.t.interval(0.95, len(image_means) - 1, image_means.mean(), stats.sem(image_means))
+    assert 0.85 < (high - low) / (t_high - t_low) < 1.25
     assert low <= tidy["dice"].mean() <= high
 
 
-def test_hierarchical_interval_is_the_image_bootstrap_with_one_repeat():
-    tidy = nested_table(image_sd=0.1, repeat_sd=0.0, repeats=1)
-    low, high = summary.hierarchical_ci(tidy)
-    row_low, row_high = summary.bootstrap_ci(tidy["dice"].to_numpy())
-    assert (high - low) == pytest.approx(row_high - row_low, rel=0.15)
+def test_crossed_interval_keeps_the_repeat_spread():
+    """Repeats that differ (sd 0.1) and images that do not: every image shares its repeat's offset, so the interval
+    is about the t interval of the 3 repeat means. Redrawing repeats within each of the 8 images would average that
+    spread away (about sqrt(8) narrower)."""
+    tidy = crossed_table(image_sd=0.0, repeat_sd=0.1)
+    low, high = summary.crossed_ci(tidy)
+    repeat_means = tidy.groupby("repeat")["dice"].mean()
+    t_low, t_high = stats.t.interval(0.95, len(repeat_means) - 1, repeat_means.mean(), stats.sem(repeat_means))
+    assert 0.6 < (high - low) / (t_high - t_low) < 1.25
+
+
+def test_one_repeat_is_the_image_bootstrap():
+    """Three identical repeats carry no repeat spread: the interval is exactly that of one repeat (images draw
+    from their own stream, whatever the number of repeats)."""
+    one = crossed_table(image_sd=0.1, repeat_sd=0.0, repeats=1)
+    same = pd.concat([one.assign(repeat=r) for r in range(3)], ignore_index=True)
+    assert summary.crossed_ci(same) == pytest.approx(summary.crossed_ci(one), abs=1e-12)
+
+
+def test_a_single_repeat_cell_is_constant_over_the_drawn_repeats():
+    plan = summary.Resamples.draw(table(rows("finetune", 5, "dataset2", [[0.5, 0.6], [0.7, 0.8], [0.6, 0.7]]),
+                                        threshold([0.3, 0.4])))
+    dataset, matrix = plan.matrix(pd.DataFrame(threshold([0.3, 0.4])), "dice")
+    assert dataset == "dataset2" and matrix.tolist() == [[0.3, 0.4]] * 3
+    _, partial = plan.matrix(pd.DataFrame(rows("finetune", 5, "dataset2", [[0.5, 0.6], [0.7, 0.8]])), "dice")
+    assert np.isnan(partial[2]).all() and partial[:2].tolist() == [[0.5, 0.6], [0.7, 0.8]]
+
+
+def test_resamples_draw_repeats_once_and_each_datasets_images_once():
+    tidy = _study()
+    plan = summary.Resamples.draw(tidy, n_resamples=500, random_state=3)
+    assert list(plan.repeats) == [0, 1, 2] and sorted(plan.images) == ["dataset1", "dataset2"]
+    assert plan.repeat_weights.shape == (500, 3) and plan.image_weights["dataset1"].shape == (500, 2)
+    for weights in (plan.repeat_weights, *plan.image_weights.values()):
+        assert np.allclose(weights.sum(axis=1), 1) and np.allclose(weights * weights.shape[1] % 1, 0)
+    assert not np.array_equal(plan.image_weights["dataset1"], plan.image_weights["dataset2"])
+    again = summary.Resamples.draw(tidy, n_resamples=500, random_state=3)
+    assert np.array_equal(again.repeat_weights, plan.repeat_weights)
+
+
+def test_every_cell_is_resampled_on_the_same_draws():
+    """An arm that scores exactly 0.1 above another on every (repeat, image) has its interval exactly 0.1 higher:
+    both cells see the same repeats and images in every resample."""
+    base = [[0.5, 0.7, 0.6], [0.65, 0.8, 0.55], [0.4, 0.6, 0.5]]
+    tidy = table(rows("raw", 0, "dataset2", [[0.4, 0.5, 0.45]], "raw"), rows("finetune", 5, "dataset2", base),
+                 rows("scratch", 5, "dataset2", [[v + 0.1 for v in values] for values in base]))
+    cells = summary.summarize(tidy).set_index("arm")
+    shift = cells.loc["scratch", ["mean", "ci_low", "ci_high"]] - cells.loc["finetune", ["mean", "ci_low", "ci_high"]]
+    assert shift.tolist() == pytest.approx([0.1, 0.1, 0.1], abs=1e-9)
+    assert cells.loc["finetune", "ci_high"] - cells.loc["finetune", "ci_low"] > 0.05
+
+
+def test_raw_gap_shares_the_repeat_draws_of_both_datasets():
+    """Three base models (base_per_repeat) that differ by 0.1 on both datasets alike, images alike: the gap is 0.3
+    in every resample. Drawing the repeats apart for each dataset would give it a wide interval."""
+    offsets = (0.0, 0.1, -0.1)
+    raw = table(*[rows("raw", 0, d, [[level + o] * 3 for o in offsets]) for d, level in (("dataset1", 0.8),
+                                                                                        ("dataset2", 0.5))])
+    assert "0.300 [0.300, 0.300] (3 raw model(s))" in summary.findings(raw)["evidence"].iloc[0]
 
 
 def test_summary_says_how_its_intervals_were_made():
     table_ = summary.summarize(_study())
-    assert (table_["ci_method"] == summary.CI_METHOD).all() and "hierarchical" in summary.CI_METHOD
+    assert (table_["ci_method"] == summary.CI_METHOD).all() and "crossed" in summary.CI_METHOD
     assert {"images", "repeats"} <= set(table_.columns)
+
+
+def test_a_missing_run_leaves_a_finite_interval():
+    """A repeat that failed at one size: that cell has two of the study's three repeats."""
+    tidy = _study()
+    tidy = tidy[~((tidy["run_id"] == "finetune-20-2"))]
+    cell = summary.summarize(tidy).set_index(["arm", "n_images", "dataset"]).loc[("finetune", 20, "dataset2")]
+    assert cell["repeats"] == 2 and np.isfinite([cell["ci_low"], cell["ci_high"]]).all()
+    assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
 
 
 def test_change_is_paired_per_repeat_when_the_raw_model_has_repeats():
@@ -243,9 +328,41 @@ def test_degenerate_finding_counts_trained_runs_only(ratio_of, verdict):
     assert summary.degenerate_runs(_with_counts(_study(), ratio_of))["run_id"].nunique() == len(ratio_of)
 
 
+def _flag_dataset2(tidy: pd.DataFrame, runs: set[str]) -> pd.DataFrame:
+    """Pixel counts for every row; ``runs`` mark 5x the true foreground on Dataset 2 only."""
+    counted = _with_counts(tidy, {})
+    over = counted["run_id"].isin(runs) & (counted["dataset"] == "dataset2")
+    return counted.assign(fp=counted["fp"].mask(over, 400))
+
+
+def test_findings_give_each_verdict_without_the_flagged_runs_too():
+    """All three n=20 runs are flagged (on Dataset 2 only): without them the size gain cannot be tested, and their
+    Dataset 1 rows go too."""
+    tidy = _flag_dataset2(_study(), {"finetune-20-0", "finetune-20-1", "finetune-20-2"})
+    assert summary.flagged_trained_runs(tidy) == ["finetune-20-0", "finetune-20-1", "finetune-20-2"]
+    found = summary.findings(tidy)
+    assert list(found.columns) == summary.FINDING_COLUMNS
+    assert found["verdict"].tolist() == ["yes", "yes", "yes", "not tested", "no"]
+    assert found["verdict_without_flagged"].tolist() == ["yes", "not tested", "yes", "not tested", "no"]
+    assert found["agrees"].tolist() == [True, False, True, True, True]
+    assert found["evidence_without_flagged"].iloc[0] == found["evidence"].iloc[0]  # raw runs only: unchanged
+    assert "n=20" in found["evidence"].iloc[2] and "n=20" not in found["evidence_without_flagged"].iloc[2]
+    assert found["evidence_without_flagged"].iloc[4] == found["evidence"].iloc[4]  # about the flagged runs
+
+
+@pytest.mark.parametrize("ratio_of", [{}, {"raw": 5.0}])
+def test_findings_without_flagged_trained_runs_are_the_findings_when_none_is(ratio_of):
+    """A flagged raw model is the domain shift every claim compares against: it is never left out."""
+    found = summary.findings(_with_counts(_study(), ratio_of))
+    assert summary.flagged_trained_runs(_with_counts(_study(), ratio_of)) == []
+    assert found["agrees"].all()
+    assert (found["verdict"] == found["verdict_without_flagged"]).all()
+    assert (found["evidence"] == found["evidence_without_flagged"]).all()
+
+
 def test_findings_names_the_sizes_that_forget():
     evidence = summary.findings(_study(ft1=(-0.01, -0.2)))["evidence"].iloc[2]
-    assert "n=20: -0.195 [-0.200, -0.190]" in evidence
+    assert "n=20: -0.195 [-0.208, -0.182]" in evidence
 
 
 # ---- figures ----
@@ -302,6 +419,23 @@ def test_forgetting_per_repeat_dots_have_one_legend_item():
     assert all(t.mode == "markers" and len(t.x) == 4 for t in dots)  # 2 sizes x 2 repeats per arm
     finetune = per_repeat.query("arm == 'finetune' and n_images == 5 and dataset == 'dataset1'")
     assert finetune["mean_change"].tolist() == pytest.approx([-0.175, -0.165])  # mean of (0.55-0.8, 0.6-0.7) ...
+
+
+def test_dice_vs_images_shows_each_repeats_mean_under_one_legend_item():
+    tidy = pd.concat([_figure_tidy(), pd.DataFrame(threshold([0.3, 0.35]))], ignore_index=True)
+    per_repeat = summary.repeat_means(tidy)
+    fig = figures.dice_vs_images(summary.summarize(tidy), per_repeat)
+    dots = {(t.hovertemplate.split("<extra>")[1].removesuffix("</extra>")): t for t in fig.data
+            if t.legendgroup == figures.PER_REPEAT}
+    arms = [f"{arm} · {d}" for arm in ("finetune", "raw", "scratch") for d in ("dataset1", "dataset2")]
+    assert sorted(dots) == arms  # no dots for the threshold: it trains nothing
+    assert [t.showlegend for t in dots.values()].count(True) == 1
+    finetune = dots["finetune · dataset2"]
+    assert list(finetune.x) == [5, 5, 10, 10] and list(finetune.customdata) == [0, 1, 0, 1]
+    assert list(finetune.y) == pytest.approx([0.575, 0.585, 0.6, 0.585])  # n=5, r0: (0.55 + 0.6) / 2 ...
+    assert finetune.marker.symbol == "diamond-open" and dots["finetune · dataset1"].marker.symbol == "circle-open"
+    assert list(dots["raw · dataset2"].x) == [0]
+    assert "per repeat" not in _lines(figures.dice_vs_images(summary.summarize(tidy)))
 
 
 def test_bands_draw_no_markers():
@@ -395,10 +529,29 @@ class _Resources(HTMLParser):
             self.urls += [value or "" for name, value in attrs if name in ("src", "href")]
 
 
+REASON = "Highest validation Dice on held-out pool images among the runs not flagged as degenerate (0.912)."
+
+
+def _tag_champion(uri: str, parent_run_id: str) -> str:
+    """Tag the fake study as ``segft study`` does: the champion's model URI and reason on the parent, the model URI
+    on the child run that logged it (finetune n=4 repeat 1); returns that run's id."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    child = client.search_runs([parent.info.experiment_id], f"tags.`{schema.RUN_KEY_TAG}` = 'finetune/n4/r1' "
+                               "and attributes.status = 'FINISHED'")[0]
+    client.set_tag(child.info.run_id, schema.MODEL_URI_TAG, "models:/segft-finetuned/7")
+    client.set_tag(parent_run_id, schema.CHAMPION_TAG, "models:/segft-finetuned/7")
+    client.set_tag(parent_run_id, schema.CHAMPION_REASON_TAG, REASON)
+    return child.info.run_id
+
+
 def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path):
     uri, study_id, parent_run_id = fake_study_store
     design = fake_study_design
+    champion_run = _tag_champion(uri, parent_run_id)
     report = build_report(ReportConfig(tracking_uri=uri, report_dir=str(tmp_path / "report"), grid_images=2))
+    assert report.champion == Champion("models:/segft-finetuned/7", f"finetune n=4 repeat 1 (run {champion_run})",
+                                       REASON)
 
     assert (report.study_id, report.parent_run_id) == (study_id, parent_run_id)
     n_test_images = len(design.datasets) * len(design.images)
@@ -408,6 +561,7 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert (report.summary["mean"] <= report.summary["ci_high"] + 1e-12).all()
     assert len(report.summary) == (1 + len(design.arms) * len(design.sizes)) * len(design.datasets)
     assert report.findings["verdict"].tolist()[:3] == ["yes", "yes", "yes"]
+    assert report.findings["agrees"].all()  # the fake study's runs predict plausible masks: none is flagged
 
     assert set(report.files) == {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png",
                                  "degenerate_runs.csv"}
@@ -426,12 +580,53 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert page.count('<script id="plotly-js-gzip"') == 1  # plotly.js inlined once (tests/test_report_size.py)
     assert page.count('class="plotly-graph-div"') == 2
     assert "data:image/jpeg;base64," in page and '<a href="grid.png">' in page and "0123456789abcdef" in page
+    champion = page.split("<h2>Champion</h2>")[1].split("<h2>")[0]
+    assert "models:/segft-finetuned/7, logged by finetune n=4 repeat 1" in champion and REASON in champion
+    assert "No trained run is flagged as degenerate" in page and "without flagged runs" not in page
+    assert page.count(figures.PER_REPEAT) >= 2  # the dots of both figures
 
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent_run_id, "report")}
     assert {f"report/{name}" for name in report.files} <= logged
 
     text = text_summary(report)
     assert study_id in text and str(report.html) in text and "mlflow ui" in text and "finetune" in text
+    assert f"Champion: models:/segft-finetuned/7, logged by finetune n=4 repeat 1 (run {champion_run}). " in text
+
+
+def _flagged_report(tmp_path, champion: Champion = Champion()) -> Report:
+    """A report object (no store) of ``_study`` with its three n=20 runs flagged on Dataset 2."""
+    tidy = _flag_dataset2(_study(), {"finetune-20-0", "finetune-20-1", "finetune-20-2"})
+    return Report("s1", "p1", "0", "sqlite:///mlflow.db", tmp_path, files={"report.html": tmp_path / "report.html"},
+                  tidy=tidy, summary=summary.summarize(tidy), findings=summary.findings(tidy),
+                  degenerate=summary.degenerate_runs(tidy), champion=champion)
+
+
+def test_text_summary_says_when_a_flagged_run_carries_a_finding(tmp_path):
+    text = text_summary(_flagged_report(tmp_path))
+    assert "3 trained run(s) flagged as degenerate (finetune-20-0, finetune-20-1, finetune-20-2)" in text
+    assert "1 verdict(s) change" in text
+    lines = text.splitlines()
+    gain = next(i for i, line in enumerate(lines) if "Dice with the most images exceeds" in line)
+    assert lines[gain].startswith("  [yes]")
+    assert lines[gain + 1].startswith("      without the flagged runs: [not tested]") and "DISAGREE" in lines[gain + 1]
+    assert sum("without the flagged runs" in line for line in lines) == 2  # the size gain and Dataset 1's sizes
+    assert "Champion: none recorded on the study's parent run." in text
+
+
+def test_report_page_shows_both_verdicts_when_a_run_is_flagged(tmp_path):
+    html = report_module._findings_html(_flagged_report(tmp_path))
+    assert "verdict without flagged runs" in html and html.count("DISAGREES") == 1
+
+
+@pytest.mark.parametrize("champion, sentence", [
+    (Champion(), "none recorded on the study's parent run."),
+    (Champion(reason="Every fine-tuned run is flagged."), "none. Every fine-tuned run is flagged."),
+    (Champion("models:/m/2", "finetune n=8 repeat 0 (run r)", "Best."), "models:/m/2, logged by finetune n=8 "
+     "repeat 0 (run r). Best."),
+    (Champion("models:/m/2"), "models:/m/2. The study recorded no reason."),
+])
+def test_champion_sentence(champion, sentence):
+    assert champion.sentence() == sentence
 
 
 @pytest.mark.parametrize("config, message", [

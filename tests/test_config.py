@@ -133,3 +133,26 @@ def test_bad_study_settings_are_refused(bad, message):
 def test_unknown_preset_lists_the_valid_names():
     with pytest.raises(KeyError, match="protocol"):
         preset_train_config("fast")
+
+
+@pytest.mark.parametrize("command, config_class", [("base", BaseConfig), ("finetune", FinetuneConfig),
+                                                    ("tune", TuneConfig)])
+def test_threads_is_a_flag_of_every_training_command(command, config_class):
+    """0 (resolved as the command starts: ``segft.machine.resolve_threads``) unless given."""
+    assert config_from_args(config_class, build_parser().parse_args([command])).train.threads == 0
+    assert config_from_args(config_class, build_parser().parse_args([command, "--threads", "3"])).train.threads == 3
+
+
+def test_study_threads_flag_overrides_the_preset():
+    from segft.cli import study_config_from_args
+
+    assert study_config_from_args(build_parser().parse_args(["study", "--preset", "quick"])).train.threads == 0
+    config = study_config_from_args(build_parser().parse_args(["study", "--preset", "quick", "--threads", "2"]))
+    assert config.train == preset_train_config("quick", {"threads": 2})
+
+
+def test_negative_threads_fail_in_one_line(capsys):
+    from segft.cli import main
+
+    assert main(["base", "--threads", "-1"]) == 2
+    assert "threads must be >= 0" in capsys.readouterr().err

@@ -23,12 +23,12 @@ from segft import cli
 from segft.config import ModelConfig, SplitConfig, StudyConfig, TrainConfig
 from segft.data.readers import read_images, read_masks
 from segft.data.synthetic import make_microtube_study, write_study
-from segft.study import run_study
+from segft.study import PlannedRun, candidates_of, choose_champion, run_study, selection_tables
 
 pytestmark = pytest.mark.slow
 
 CHAMPION = "models:/segft-finetuned@champion"
-SIZES = (1, 2)  # a pool of 3: every run keeps 1 or 2 pool images to validate on
+SIZES = (1, 2)  # a pool of 3: every run is scored on all 3, and on Dataset 1's 3 training images
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +62,24 @@ def _version(client, alias):
     return client.get_model_version_by_alias("segft-finetuned" if alias == "champion" else "segft-base", alias)
 
 
-def test_each_finetune_run_validates_on_the_pool_images_it_left_out(study):
+def test_each_finetune_run_validates_on_the_whole_pool_and_dataset1_training_images(study):
     _, _, _, _, result, client = study
-    for n, left_out in ((1, "002,003"), (2, "003")):
+    for n in SIZES:
         run = client.get_run(result.runs[f"finetune/n{n}/r0"].run_id)
-        assert run.data.params["split_validation"] == left_out
+        params = run.data.params
+        assert params["split_dataset2_validation"] == params["split_dataset1_validation"] == "001,002,003"
         assert run.data.params["split_dataset2_test"] == "004"  # never among the validation images
-        assert 0 <= run.data.metrics["val_dice_dataset2"] <= 1
+        assert all(0 <= run.data.metrics[f"val_dice_{dataset}"] <= 1 for dataset in ("dataset1", "dataset2"))
 
 
-def test_champion_is_the_best_validated_finetune_version_and_base_is_the_study_base(study):
+def test_champion_is_the_rule_s_pick_and_base_is_the_study_base(study):
     _, _, _, _, result, client = study
     runs = {key: client.get_run(r.run_id) for key, r in result.runs.items()}
-    best = max((k for k in runs if k.startswith("finetune")), key=lambda k: (runs[k].data.metrics["val_dice_dataset2"],
-                                                                int(runs[k].data.params["n_images"])))
+    plan = [PlannedRun("finetune", n, 0, tuple(range(n))) for n in SIZES]
+    choice = choose_champion(candidates_of(plan, result.runs, selection_tables(plan, result.runs)))
     champion = _version(client, "champion")
-    assert champion.run_id == runs[best].info.run_id
+    assert champion.run_id == runs[choice.champion.key].info.run_id
+    assert client.get_run(result.parent_run_id).data.tags["segft.champion_reason"] == choice.reason
     assert result.champion == f"models:/segft-finetuned/{champion.version}"
     assert _version(client, "base").run_id == runs["base/r0"].info.run_id
     assert champion.tags["segft.arm"] == "finetune" and _version(client, "base").tags["segft.arm"] == "raw"

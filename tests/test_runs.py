@@ -185,3 +185,64 @@ def test_a_plain_finetune_never_starts_from_a_base_whose_run_did_not_finish(stor
     result = run_finetune(FinetuneConfig(train=tiny_train(tiny_data), n_images=2))
     assert store.get_run(result.run_id).data.params["base_model_uri"] == "models:/segft-base/2"
     assert version.run_id == base.run_id
+
+
+# ------------------------------------------------------------------------------ threads and code version (issue 20)
+
+import torch  # noqa: E402
+
+from segft import machine, schema  # noqa: E402
+from segft.runs import prepare  # noqa: E402
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
+
+
+def test_base_key_keys_the_resolved_thread_count(tiny_data):
+    config = tiny_train(tiny_data)
+    data = load_data(config.data_dir)
+    split = split_study(data, config.split)
+    key = base_key(config, split, data.digest())
+    assert key == base_key(dataclasses.replace(config, threads=torch.get_num_threads()), split, data.digest())
+    assert key != base_key(dataclasses.replace(config, threads=torch.get_num_threads() + 1), split, data.digest())
+
+
+def test_base_key_keys_the_code_version_but_not_uncommitted_changes(tiny_data, monkeypatch):
+    config = tiny_train(tiny_data)
+    data = load_data(config.data_dir)
+    split = split_study(data, config.split)
+
+    def key_with(code: machine.CodeVersion) -> str:
+        monkeypatch.setattr(machine, "code_version", lambda: code)
+        return base_key(config, split, data.digest())
+
+    committed = key_with(machine.CodeVersion("0.1.0", "a" * 40))
+    assert key_with(machine.CodeVersion("0.1.0", "a" * 40, dirty=True)) == committed
+    assert key_with(machine.CodeVersion("0.1.0", "b" * 40)) != committed
+    assert key_with(machine.CodeVersion("0.2.0", "a" * 40)) != committed
+
+
+def test_prepare_gives_this_process_the_thread_count(tiny_data, restore_threads):
+    prepare(tiny_train(tiny_data))
+    assert torch.get_num_threads() == restore_threads  # 0: the count it had
+    prepare(dataclasses.replace(tiny_train(tiny_data), threads=restore_threads + 1))
+    assert torch.get_num_threads() == restore_threads + 1
+
+
+def test_a_run_trains_with_the_thread_count_it_logs_with_the_cpu_and_code_version(store, tiny_data, monkeypatch,
+                                                                                 restore_threads):
+    seen = []
+    monkeypatch.setattr("segft.runs.train", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    threads = restore_threads + 1
+    result = run_base(BaseConfig(train=dataclasses.replace(tiny_train(tiny_data), threads=threads)))
+    assert seen == [threads]
+    params = store.get_run(result.run_id).data.params
+    assert params[schema.THREADS_PARAM] == str(threads)
+    assert {name: params[name] for name in machine.run_params()} == machine.run_params()
+    torch.set_num_threads(restore_threads)
+    assert store.get_run(run_base(BaseConfig(train=tiny_train(tiny_data))).run_id).data.params[
+        schema.THREADS_PARAM] == str(restore_threads)  # 0: resolved to this process's count

@@ -94,8 +94,26 @@ def test_every_run_logs_its_foreground_ratio(study):
     for key, result in first.runs.items():
         metrics = client.get_run(result.run_id).data.metrics
         assert {"test_fg_ratio_dataset1", "test_fg_ratio_dataset2"} <= set(metrics), key
-        if key.startswith("finetune") and "val_dice_dataset2" in metrics:
-            assert "val_fg_ratio_dataset2" in metrics
+        validation = {f"val_{name}_{dataset}" for name in ("dice", "fg_ratio") for dataset in ("dataset1", "dataset2")}
+        assert validation <= set(metrics) if key.startswith("finetune") else not validation & set(metrics), key
+
+
+def test_every_finetune_run_is_scored_on_the_same_selection_images_and_the_parent_says_why_its_champion(study):
+    _, first, _, _, client = study
+    for key in (k for k in first.runs if k.startswith("finetune")):  # n=2 uses the whole pool of 3, and is scored
+        params = client.get_run(first.runs[key].run_id).data.params
+        assert params["split_dataset2_validation"] == params["split_dataset2_pool"], key
+        assert params["split_dataset1_validation"] == params["split_dataset1_train"], key
+        table = first.runs[key].val_table
+        assert sorted(table["dataset"].value_counts().items()) == [("dataset1", 3), ("dataset2", 3)], key
+    tags = client.get_run(first.parent_run_id).data.tags
+    reason = tags["segft.champion_reason"]
+    if first.champion:
+        assert tags["segft.champion"] == first.champion
+        champion = next(k for k, r in first.runs.items() if r.model_uri == first.champion)
+        assert reason.startswith(f"{champion}: ")
+    else:
+        assert reason.startswith("no champion: ")
 
 
 def test_starting_the_study_again_reuses_every_finished_run(study):
@@ -226,3 +244,55 @@ def test_the_mlflow_ui_shows_the_study_as_model_training_runs_with_datasets_and_
     chromium.get(f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/models?workflowType=machine_learning")
     _wait(chromium, lambda b: "finetune-n1-r0" in body(b) and "base-r0" in body(b))
     chromium.save_screenshot(str(SCREENSHOTS / "mlflow-models.png"))
+
+
+# ------------------------------------------------------------------------------ threads, machine and code (issue 20)
+
+import dataclasses  # noqa: E402
+
+import torch  # noqa: E402
+
+from segft import machine, schema  # noqa: E402
+from segft.config import ExecutorConfig  # noqa: E402
+from segft.study import study_id  # noqa: E402
+
+
+def test_every_run_logs_its_thread_count_cpu_and_code_version(study):
+    """Every trained run and the parent log the same resolved thread count (the fixture leaves ``threads`` 0);
+    every run, the threshold arm included, logs the CPU and the code version."""
+    _, first, _, _, client = study
+    facts = machine.run_params()
+    threads = set()
+    for key, run_id in [("study", first.parent_run_id), *((k, r.run_id) for k, r in first.runs.items())]:
+        params = client.get_run(run_id).data.params
+        assert {name: params.get(name, "") for name in facts} == facts, key
+        if key != schema.THRESHOLD_ARM:
+            threads.add(params[schema.THREADS_PARAM])
+    assert len(threads) == 1 and int(threads.pop()) >= 1  # resolved once, by the study, for every run
+
+
+def _study_config(**train) -> StudyConfig:
+    return StudyConfig(train=preset_train_config("quick", train))
+
+
+def test_study_id_keys_the_resolved_thread_count_not_the_executor():
+    digest = "0123456789abcdef"
+    here = study_id(_study_config(), digest)
+    assert here == study_id(_study_config(threads=torch.get_num_threads()), digest)  # 0 resolved in process
+    assert here != study_id(_study_config(threads=torch.get_num_threads() + 1), digest)
+    ray = ExecutorConfig(executor="ray", cpus_per_run=2.5)
+    on_ray = dataclasses.replace(_study_config(), execution=ray)
+    assert study_id(on_ray, digest) == study_id(_study_config(threads=2), digest)  # a resume on Ray, same count
+    assert study_id(dataclasses.replace(_study_config(threads=5), execution=ray), digest) == study_id(
+        _study_config(threads=5), digest)
+
+
+def test_study_id_keys_the_code_version_but_not_uncommitted_changes(monkeypatch):
+    digest = "0123456789abcdef"
+    monkeypatch.setattr(machine, "code_version", lambda: machine.CodeVersion("0.1.0", "a" * 40))
+    committed = study_id(_study_config(), digest)
+    monkeypatch.setattr(machine, "code_version", lambda: machine.CodeVersion("0.1.0", "a" * 40, dirty=True))
+    assert study_id(_study_config(), digest) == committed
+    for other in (machine.CodeVersion("0.1.0", "b" * 40), machine.CodeVersion("0.2.0", "a" * 40)):
+        monkeypatch.setattr(machine, "code_version", lambda other=other: other)
+        assert study_id(_study_config(), digest) != committed
