@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     study = [*QUICKSTART, *(SMOKE if args.smoke else [])]
     with tempfile.TemporaryDirectory(prefix="segft-executor-speed-") as folder:
-        report = {**provenance(), **measure(study, args.cpus_per_run, Path(folder))}
+        report = {**provenance("study"), **measure(study, args.cpus_per_run, Path(folder))}
     print(json.dumps({key: report[key] for key in ("executors", "speedup", "dice")}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

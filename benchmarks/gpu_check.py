@@ -169,7 +169,7 @@ def main() -> None:
     device = str(resolve_device(args.device))
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu-check-{re.sub(r'[^a-z0-9]+', '-', name.lower())}.json"
-    results: dict = {**provenance(), "smoke": args.smoke, "device": device, "device_name": name}
+    results: dict = {**provenance("speed"), "smoke": args.smoke, "device": device, "device_name": name}
     if args.smoke:
         results["tests"] = {"ok": True, "skipped": "smoke mode: the test suite that runs it is the test run"}
     else:

@@ -134,7 +134,7 @@ def main() -> None:
     if len(sizes) < 2:
         parser.error("--sizes needs at least two sizes (the criterion compares the first two)")
     with tempfile.TemporaryDirectory(prefix="segft-predict-memory-") as folder:
-        report = {**provenance(), **measure(sizes, Path(folder))}
+        report = {**provenance("predict"), **measure(sizes, Path(folder))}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -199,7 +199,7 @@ def main() -> None:
     batches = (2,) if args.smoke else (4, args.large_batch or (64 if device.type == "cuda" else 16))
     training = measure_training(device, steps, batches, patch_size, training_variants(device, args.compile))
     report = {
-        **provenance(),
+        **provenance("speed"),
         "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "patch_size": patch_size, "protocol_batch": batches[0],
         "training": [asdict(m) for m in training],

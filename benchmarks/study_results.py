@@ -54,7 +54,7 @@ def main() -> None:
         wall_s = time.perf_counter() - start
     change = report.paired_change
     record = {
-        **provenance(),
+        **provenance("study"),
         "segft_command": "segft " + " ".join(a if a else "''" for a in argv),
         "data": args.data,
         "study_id": result.study_id,

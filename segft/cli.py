@@ -134,7 +134,7 @@ def _run_study(args: argparse.Namespace) -> None:
         print(f"reused {len(result.reused)} finished runs of study {result.study_id}: {', '.join(result.reused)}")
     print(text_summary(report))
     if result.champion:
-        print(f"recommended model (validation Dice on held-out pool images): {result.champion}, alias "
+        print(f"recommended model (the champion rule, on the pool and Dataset 1 training images): {result.champion}, alias "
               f"models:/{config.registry.finetuned_model_name}@champion")
 
 

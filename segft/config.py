@@ -344,7 +344,7 @@ class StudyConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     execution: ExecutorConfig = field(default_factory=ExecutorConfig)
     sizes: tuple[int, ...] = (5, 10, 15, 20)
-    repeats: int = 3
+    repeats: int = 5
     arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
     resample: bool = True
     base_per_repeat: bool = True

@@ -28,7 +28,7 @@ import optuna
 import torch
 from torch import nn
 
-from segft import executor, schema, tracking
+from segft import executor, machine, schema, tracking
 from segft.config import BaseConfig, FinetuneConfig, ModelConfig, TrainConfig, TuneConfig
 from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
@@ -214,7 +214,8 @@ class _Trials:
 
     def _train(self, trial: optuna.Trial, config: TrainConfig) -> float:
         """Log the trial's settings and images, train, and return the last validation Dice."""
-        tracking.log_params({**tracking.flatten_config(config), "trial_number": trial.number,
+        torch.set_num_threads(config.threads)  # a Ray worker's process too: the count the trial logs
+        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "trial_number": trial.number,
                              "target": self.config.target, "n_images": self.n_images, "base_model_uri": self.base_uri,
                              "data_digest": self.digest, "train_patches": len(self.patches)})
         tracking.log_split({"train": list(self.train_set.names), "validation": list(self.validation.names)})
@@ -274,8 +275,10 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
         ValueError: If no validation image is left, the study was started with other settings, or ``apply`` is
             asked for while no trial of the study has completed.
     """
-    train_config = config.train
     executor.check_executor(config.execution)
+    # one thread count for every trial, in process or on Ray: resolved here, logged and carried down
+    config = dataclasses.replace(config, train=machine.with_threads(config.train, config.execution))
+    train_config = config.train
     storage_url = storage_with_password(config.storage) if config.storage else default_storage(tracking.tracking_uri())
     storage = open_storage(storage_url)  # before any training: a bad storage must not cost a base model first
     prepared = prepare(train_config)
@@ -296,7 +299,7 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
                    schema.ENCODER_TAG: train_config.model.encoder}
     parent_id = tracking.find_tuning_parent(study_name)
     with tracking.start_run(f"tune-{study_name}", parent_tags, run_id=parent_id) as parent:
-        tracking.log_params({**tracking.flatten_config(config), "storage": redact(storage_url),
+        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "storage": redact(storage_url),
                              "study_name": study_name, "data_digest": digest, "base_model_uri": base_uri})
         tracking.log_split({**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)})
         trials = _Trials(config, study_name, digest, train_set, validation, device, base, model_config,
@@ -324,7 +327,7 @@ def _optimize_on_ray(trials: _Trials, storage: str, pruner: optuna.pruners.BaseP
     ``storage``: each opens it (its password from the worker's own environment, never sent) and draws trials from
     it, so a sampler sees every worker's finished trials."""
     destination = tracking.Destination.of_this_process(trials.config.tracking.system_metrics)
-    with executor.ray_session(trials.config.execution, destination) as session:
+    with executor.ray_session(trials.config.execution, destination, trials.config.train.threads) as session:
         shared = session.put(trials.for_workers())
         session.gather({
             f"tuning-worker-{i}": session.submit(f"tuning-worker-{i}", _tuning_worker, shared, storage, count, pruner)

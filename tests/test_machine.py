@@ -138,10 +138,11 @@ def test_the_git_call_is_made_once_per_process(fresh_code_version, monkeypatch):
 def test_provenance_records_the_machine_and_code_facts():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from provenance import provenance
+        from provenance import CODE, code_digest, provenance
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    record = provenance()
+    record = provenance("speed")
+    assert record["code"] == "speed" and record["code_digest"] == code_digest(CODE["speed"])
     facts = machine.this_machine().params()
     assert record["machine"]["cpu"] == facts.pop(schema.CPU_MODEL_PARAM)
     assert facts.items() <= record["machine"].items()

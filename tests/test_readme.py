@@ -26,3 +26,35 @@ def test_a_changed_number_is_caught():
     file, body = BLOCKS[0]
     changed = body.replace("0.", "0.9", 1)
     assert changed != body and changed != readme_tables.render(file)
+
+
+import json  # noqa: E402
+
+import provenance  # noqa: E402
+
+QUOTED = sorted({file for file, _ in BLOCKS})
+
+
+@pytest.mark.parametrize("file", QUOTED)
+def test_every_quoted_results_file_was_made_with_todays_code(file):
+    """A README number comes from a results file made by the code that is there now (the files' contents
+    compared, not the commit id): change the training or evaluation code, and the files that depend on it must be
+    made again."""
+    record = json.loads((readme_tables.RESULTS / file).read_text())
+    assert provenance.stale_reason(record, file) is None, provenance.stale_reason(record, file)
+
+
+def test_a_results_file_made_with_other_code_is_stale():
+    fresh = {"code": "study", "code_digest": provenance.code_digest(provenance.CODE["study"])}
+    assert provenance.stale_reason(fresh, "x.json") is None
+    assert "other study code" in provenance.stale_reason({**fresh, "code_digest": "0" * 64}, "x.json")
+    assert "uncommitted" in provenance.stale_reason({"commit": "abc-dirty"}, "study-x.json")
+
+
+def test_code_digest_reads_a_commit_like_the_working_tree(tmp_path):
+    """The git path (files without a recorded digest) digests the same files the working-tree path does: at
+    HEAD, a file the tree has not changed since digests equal."""
+    code = ("benchmarks/provenance.py",)
+    if provenance.subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=provenance.ROOT).returncode:
+        pytest.skip("benchmarks/provenance.py has uncommitted changes")
+    assert provenance.code_digest(code, "HEAD") == provenance.code_digest(code)
