@@ -164,7 +164,8 @@ the bound. A trained run flagged as degenerate cannot carry a finding. {e(_flagg
 <h2>Runs flagged as degenerate</h2><p>Predicted foreground over {quality.DEGENERATE_RATIO:g}x or under
 1/{quality.DEGENERATE_RATIO:g} of the true foreground on a test set (fg_ratio), or exactly the same masks as another
 size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
-(The study's champion is chosen by the same rule on validation images, never on these.)</p>
+(The champion rule applies the same test on its selection images, the Dataset 2 pool and Dataset 1's training
+images, never on these.)</p>
 {_table_html(report.degenerate) if not report.degenerate.empty else "<p>None.</p>"}
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
 <h2>Overlay comparison</h2><p>{e(grid_note)} Shown as a JPEG of at most {grid.INLINE_PIXELS:,} pixels; full

@@ -1,7 +1,7 @@
 """Wall time of one study run in process and on Ray, on the same machine in the same call, and how far apart
 their per-run results are.
 
-Each executor runs ``python -m segft study --preset quick`` (the README's quickstart study on the built-in data)
+Each executor runs ``python -m segft study --preset quick --arms finetune,threshold`` (the README's quickstart study)
 as a fresh process in a fresh folder with its own SQLite store, one after the other (never at once):
 
 - ``local``: in process, one run after the other, PyTorch on all cores (what a user gets by default);
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from provenance import ROOT, provenance
 
-QUICKSTART = ["study", "--preset", "quick"]
+QUICKSTART = ["study", "--preset", "quick", "--arms", "finetune,threshold"]
 #: A study of seconds for ``--smoke`` (the tiny configuration of the tests).
 SMOKE = ["--epochs", "1", "--patch-size", "64", "--decoder-channels", "16,8,8,4", "--dataset1-train-images", "3",
          "--dataset2-pool-images", "3", "--sizes", "1,2", "--repeats", "2"]

@@ -23,16 +23,21 @@ from segft import machine, schema
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The code each kind of results file depends on: a path ending in ``/`` stands for every ``.py`` file under it,
-#: one starting with ``!`` is left out. A study's numbers depend on all of segft (data, model, loss, training,
-#: evaluation, study, settings) and on the statistics. A choice of defaults gives every setting it compares
-#: explicitly, so the presets and defaults it leads to (written after it) are not part of its code. Speed and
-#: memory depend only on what they time or measure.
+#: one starting with ``!`` is left out. A study's numbers depend on all of segft that computes (data, model, loss,
+#: training, evaluation, study, settings) and on the statistics. A choice of defaults builds its settings
+#: explicitly, so the presets, defaults and command line it leads to (written after it) are not part of its code.
+#: Speed and memory depend only on what they time or measure.
+#: What a run logs and where it runs, not what it computes: no results file depends on these.
+_PLUMBING = ("!segft/tracking.py", "!segft/executor.py", "!segft/urls.py", "!segft/mlproject.py", "!segft/pyfunc.py",
+             "!segft/predict.py", "!segft/overlays.py")
 CODE = {
-    "study": ("segft/", "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
+    "study": ("segft/", *_PLUMBING, "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
               "benchmarks/executor_speed.py"),
-    "choice": ("segft/", "!segft/presets.py", "!segft/config.py", "benchmarks/choose_defaults.py"),
+    "choice": ("segft/", *_PLUMBING, "!segft/presets.py", "!segft/config.py", "!segft/cli.py",
+               "benchmarks/choose_defaults.py"),
     "speed": ("segft/models/", "segft/losses/", "segft/data/patches.py", "segft/data/normalize.py",
               "segft/train_step.py", "segft/training.py", "segft/inference.py", "benchmarks/speed.py"),
+    "intervals": ("analysis/summary.py", "benchmarks/interval_coverage.py"),
     "predict": ("segft/models/", "segft/data/readers.py", "segft/data/normalize.py", "segft/data/patches.py",
                 "segft/inference.py", "segft/predict.py", "segft/pyfunc.py", "segft/checkpoint.py",
                 "benchmarks/predict_memory.py"),

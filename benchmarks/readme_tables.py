@@ -42,7 +42,8 @@ def study_table(record: dict) -> str:
         text = [_ci(x["mean"], x["ci_low"], x["ci_high"]) if x else "–" for x in (d1, d2)]
         delta = _ci(c["mean_change"], c["ci_low"], c["ci_high"]) if c and arm != "threshold" else "–"
         lines.append(f"| {arm} | {n} | {text[0]} | {text[1]} | {delta} |")
-    findings = [f"- **{f['verdict']}**: {f['claim']} ({f['evidence']})" for f in record["findings"]]
+    findings = [f"- **{f['verdict']}**: {f['claim']} ({f['evidence']})" + _without_flagged(f)
+                for f in record["findings"]]
     flagged = sorted({f"{d['arm']} n={d['n_images']} r{d['repeat']} ({d['dataset']}, ratio {d['fg_ratio']:.2f})"
                       for d in record["degenerate"]})
     return "\n".join([
@@ -50,7 +51,75 @@ def study_table(record: dict) -> str:
         f"{record['peak_rss_mb'] / 1024:.1f} GB resident ({_machine(record)}).",
         "", *lines, "", "Findings:", "", *findings, "",
         "Runs flagged as degenerate on test images: " + ("; ".join(flagged) if flagged else "none") + ".",
+        *(["", f"Champion: {record['champion']['reason'] or 'none'}"] if record.get("champion") else []),
     ])
+
+
+def _without_flagged(finding: dict) -> str:
+    """What a finding says without the flagged runs, when that differs from what it says with them."""
+    if finding.get("evidence_without_flagged", finding["evidence"]) == finding["evidence"]:
+        return ""
+    agrees = "the same verdict" if finding["agrees"] else "**a different verdict**"
+    return (f"; without the flagged runs, {agrees}: **{finding['verdict_without_flagged']}** "
+            f"({finding['evidence_without_flagged']})")
+
+
+def recipe_table(record: dict) -> str:
+    """Per variant and data set: Dice on the pool images the runs did not train on (decides, after the flags),
+    test Dice (reported only) and the runs flagged on their selection images."""
+    data = record["data_sets"]
+    head = ["variant", "flagged runs", "validation score"] + [
+        f"{d}: val D2 / test D1 / test D2 (flagged)" for d in data]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, variant in record["variants"].items():
+        cells = [f"{v['mean_val_dice_dataset2']:.3f} / {v['mean_test_dice_dataset1']:.3f} / "
+                 f"{v['mean_test_dice_dataset2']:.3f} ({len(v['flagged_on_selection_images'])} of {len(v['runs'])})"
+                 for v in variant["data"].values()]
+        mark = " (chosen)" if name == record["chosen"] else ""
+        lines.append(f"| {name}{mark} | {variant['flagged_runs']} | {variant['validation_score']:.3f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join([
+        f"Quick preset, fine-tuning arm, sizes {', '.join(map(str, record['sizes']))}, {record['repeats']} repeats, "
+        f"{record['machine']['torch_threads']} threads ({_machine(record)}); `{record['command']}`. Rule: "
+        f"{record['decision_rule']}.", "", *lines])
+
+
+def coverage_table(record: dict) -> str:
+    """How often the nominal 95 % interval covers the true mean of simulated studies."""
+    lines = ["| simulated study | crossed bootstrap (segft) | images, then repeats within images (before) |",
+             "|---|---|---|"]
+    for c in record["cases"]:
+        nested = f"{c['nested']:.1%}" if c["nested"] is not None else "–"
+        lines.append(f"| {c['case']}; sd repeat {c['sd_repeat']:g}, image {c['sd_image']:g}, noise "
+                     f"{c['sd_noise']:g} | {c['crossed']:.1%} | {nested} |")
+    return "\n".join([f"{record['studies']} simulated studies per case, {record['resamples']} resamples each "
+                      f"(`{record['command']}`; commit {record['commit'][:10]}):", "", *lines])
+
+
+def threads_table(record: dict) -> str:
+    """The same study at another thread count against the default file (the name without ``-1-thread``): every
+    cell side by side, whether each lies inside the other's interval, and whether the findings agree."""
+    other = json.loads((RESULTS / record["first_run"]).read_text())
+    cells = {(r["arm"], r["n_images"], r["dataset"]): r for r in other["summary"]}
+    lines = [f"| arm | n | dataset | {other['threads']} threads | {record['threads']} threads | difference |",
+             "|---|---|---|---|---|---|"]
+    diffs, inside = [], 0
+    for r in record["summary"]:
+        o = cells[(r["arm"], r["n_images"], r["dataset"])]
+        diffs.append(abs(r["mean"] - o["mean"]))
+        inside += o["ci_low"] <= r["mean"] <= o["ci_high"] and r["ci_low"] <= o["mean"] <= r["ci_high"]
+        lines.append(f"| {r['arm']} | {r['n_images']} | {r['dataset']} | {_ci(o['mean'], o['ci_low'], o['ci_high'])} "
+                     f"| {_ci(r['mean'], r['ci_low'], r['ci_high'])} | {r['mean'] - o['mean']:+.3f} |")
+    verdicts = [(f["claim"], f["verdict"], g["verdict"]) for f, g in zip(other["findings"], record["findings"])]
+    same = sum(a == b for _, a, b in verdicts)
+    changed = "; ".join(f"{claim}: {a} → {b}" for claim, a, b in verdicts if a != b)
+    return "\n".join([
+        f"`{record['first_run']}` ({other['threads']} threads) and `{record['file']}` ({record['threads']} threads), "
+        f"{_machine(record)}:", "", *lines, "",
+        f"{inside} of {len(diffs)} cells lie inside each other's interval; mean |difference| "
+        f"{sum(diffs) / len(diffs):.3f}, largest {max(diffs):.3f}. Findings: {same} of {len(verdicts)} verdicts "
+        f"the same{' (' + changed + ')' if changed else ''}. Flagged runs: {len(other['degenerate'])} rows at "
+        f"{other['threads']} threads, {len(record['degenerate'])} at {record['threads']}."])
 
 
 def choice_table(record: dict) -> str:
@@ -141,6 +210,7 @@ def repeatability(record: dict) -> str:
 
 
 RENDERERS = {"study-": study_table, "loss_choice": choice_table, "quick_lr_choice": choice_table,
+             "recipe_choice": recipe_table, "interval-coverage": coverage_table,
              "speed-": speed_table, "predict-memory-": predict_memory_table, "executor-": executor_table}
 
 
@@ -149,6 +219,8 @@ def render(file: str) -> str:
     record = json.loads((RESULTS / file).read_text())
     if file.endswith("-again.json"):
         return repeatability({**record, "file": file, "first_run": file.replace("-again", "")}) + "\n"
+    if file.endswith("-1-thread.json"):
+        return threads_table({**record, "file": file, "first_run": file.replace("-1-thread", "")}) + "\n"
     for prefix, renderer in RENDERERS.items():
         if file.startswith(prefix):
             return renderer(record) + "\n"

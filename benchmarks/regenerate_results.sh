@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Regenerate every results file the README quotes, one after the other (never two PyTorch processes at once: on a
 # 2-core machine they slow each other 5-10x), then rewrite the README's results blocks from them.
-# About an hour and three quarters on a 2-core CPU. Run from a clean, committed tree: each file records the commit.
-# First the defaults are chosen on validation images, then the studies run with them.
+# About an hour and a half on a 2-core CPU. Each file records its command, commit, machine and a digest of the
+# code it depends on (tests/test_readme.py fails when that code changes): run it again after such a change.
+# First the recipe is chosen on validation images over every data set, then the studies run with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 out=benchmarks/results
-$py benchmarks/choose_defaults.py --choose lr --set loss_scope=patch --set bce_in_every_branch=true --out $out/quick_lr_choice_with_fix.json
-$py benchmarks/choose_defaults.py --choose loss --out $out/loss_choice.json
-$py benchmarks/study_results.py --data built-in --out $out/study-quick-built-in.json
-$py benchmarks/study_results.py --data built-in --out $out/study-quick-built-in-again.json   # repeatability
-$py benchmarks/study_results.py --data built-in --arms finetune,scratch,joint,threshold --out $out/study-quick-built-in-all-arms.json
-$py benchmarks/study_results.py --data dsb2018-two-domains --arms finetune,scratch,joint,threshold --out $out/study-quick-dsb2018-all-arms.json
+$py benchmarks/interval_coverage.py --out $out/interval-coverage.json
+$py benchmarks/choose_defaults.py --choose recipe --sizes 5,15 --repeats 2 --out $out/recipe_choice.json
+# The quickstart's study (mlflow run . -e study -P preset=quick -P arms=finetune,threshold), at 2 and at 1 thread.
+$py benchmarks/study_results.py --data built-in --arms finetune,threshold --threads 2 --out $out/study-quick-built-in.json
+$py benchmarks/study_results.py --data built-in --arms finetune,threshold --threads 1 --out $out/study-quick-built-in-1-thread.json
+$py benchmarks/study_results.py --data dsb2018-two-domains --arms finetune,scratch,joint,threshold --repeats 3 --threads 2 --out $out/study-quick-dsb2018-all-arms.json
+$py benchmarks/study_results.py --data dsb2018-fluo-to-brightfield --arms finetune,scratch,joint,threshold --repeats 3 --threads 2 --out $out/study-quick-dsb2018-fluo-to-brightfield-all-arms.json
 $py benchmarks/speed.py --steps 3 --large-batch 16 --compile --out $out/speed-cpu.json
 $py benchmarks/predict_memory.py --out $out/predict-memory-cpu.json   # peak memory, not a timing
 $py benchmarks/executor_speed.py --out $out/executor-cpu.json   # the quickstart study in process and on Ray

@@ -20,9 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from provenance import ROOT, provenance
 
-DATA = {"built-in": "", "dsb2018-two-domains": str(ROOT.parent / "shared" / "data" / "dsb2018-two-domains")}
+SHARED = ROOT.parent / "shared" / "data"
+DATA = {"built-in": "", "dsb2018-two-domains": str(SHARED / "dsb2018-two-domains"),
+        "dsb2018-fluo-to-brightfield": str(SHARED / "dsb2018-fluo-to-brightfield")}
 
 
 def records(table) -> list[dict]:
@@ -33,7 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=sorted(DATA), default="built-in")
     parser.add_argument("--arms", default="", help="comma-separated arms; empty for the study's default")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=0, help="0 for the study's default")
+    parser.add_argument("--threads", type=int, default=0, help="PyTorch threads; 0 for this process's own count")
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -43,8 +47,10 @@ def main() -> None:
     from segft.config import ReportConfig
     from segft.study import run_study
 
-    argv = ["study", "--preset", args.preset, "--repeats", str(args.repeats), "--data-dir", DATA[args.data]]
+    argv = ["study", "--preset", args.preset, "--data-dir", DATA[args.data]]
+    argv += ["--repeats", str(args.repeats)] if args.repeats else []
     argv += ["--arms", args.arms] if args.arms else []
+    argv += ["--threads", str(args.threads)] if args.threads else []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         config = study_config_from_args(build_parser().parse_args([*argv, "--report-dir", f"{tmp}/report"]))
@@ -60,6 +66,7 @@ def main() -> None:
         "study_id": result.study_id,
         "arms": list(config.arms),
         "repeats": config.repeats,
+        "threads": config.train.threads or torch.get_num_threads(),
         "sizes": list(config.sizes),
         "wall_s": round(wall_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -67,6 +74,8 @@ def main() -> None:
         "dataset1_change": records(change[change["dataset"] == "dataset1"]),
         "findings": records(report.findings),
         "degenerate": records(report.degenerate),
+        "champion": {"model_uri": report.champion.model_uri, "run": report.champion.run,
+                     "reason": report.champion.reason} if report.champion else None,
     }
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{args.data}: {wall_s:.0f} s, {len(report.tidy['run_id'].unique())} runs -> {args.out}")

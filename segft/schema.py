@@ -87,9 +87,6 @@ def metric_name(part: str, name: str, dataset: str) -> str:
     return f"{part}_{name}_{dataset}"
 
 
-#: The metric a study picks its champion by: Dice on Dataset 2 pool images the run did not train on.
-VALIDATION_METRIC = metric_name(VALIDATION, "dice", DATASET2)
-
 # ---- dataset inputs (``mlflow.log_input``): the contexts a run used a part of the data in
 TRAINING_CONTEXT, VALIDATION_CONTEXT, TEST_CONTEXT = "training", "validation", "test"
 
