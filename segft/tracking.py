@@ -157,26 +157,32 @@ def start_run(
             under its study's parent).
     """
     tags = {**{key: redact(str(value)) for key, value in tags.items()}, **process_tags()}
+    # Under `mlflow run` the run it created is handed over in MLFLOW_RUN_ID. Resuming another run leaves it there,
+    # and the next nested start_run would adopt it instead of creating a child: drop it. A new separate run keeps
+    # it for the command's own run to adopt afterwards (MLflow's end_run drops it: put it back).
+    handed_over = MLFLOW_RUN_ID.get() if new_run else None
+    if run_id is not None:
+        MLFLOW_RUN_ID.unset()
     if new_run:
         experiment_id = mlflow.tracking.fluent._get_experiment_id()
         run_id = MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
     resumed = run_id is not None
-    if resumed:
-        # Under `mlflow run` the run it created is handed over in MLFLOW_RUN_ID; resuming another run leaves it
-        # there, and the next nested start_run would adopt it instead of creating a child.
-        MLFLOW_RUN_ID.unset()
-    with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags,
-                          parent_run_id=parent_run_id) as run:
-        if resumed:
-            mlflow.set_tags(tags)
-        try:
-            yield run
-        except KeyboardInterrupt:
-            _end_unfinished(run.info.run_id, "KILLED", "interrupted (SIGINT or SIGTERM)")
-            raise
-        except Exception as error:
-            _end_unfinished(run.info.run_id, "FAILED", f"{type(error).__name__}: {error}")
-            raise
+    try:
+        with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags,
+                              parent_run_id=parent_run_id) as run:
+            if resumed:
+                mlflow.set_tags(tags)
+            try:
+                yield run
+            except KeyboardInterrupt:
+                _end_unfinished(run.info.run_id, "KILLED", "interrupted (SIGINT or SIGTERM)")
+                raise
+            except Exception as error:
+                _end_unfinished(run.info.run_id, "FAILED", f"{type(error).__name__}: {error}")
+                raise
+    finally:
+        if handed_over:
+            MLFLOW_RUN_ID.set(handed_over)
 
 
 def process_tags() -> dict[str, str]:

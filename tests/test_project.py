@@ -27,16 +27,14 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_study(make_microtube_study(n_images=5), tmp_path_factory.mktemp("data") / "study")
 
 
-@pytest.fixture(scope="module")
-def project_runs(tmp_path_factory, tiny_data):
-    """Run ``base`` then ``finetune`` as a user would, in a fresh working directory and tracking store."""
-    workdir = tmp_path_factory.mktemp("work")
+def mlflow_run(workdir: Path, entry_points: list[tuple[str, dict]], params: dict) -> tuple[MlflowClient, list]:
+    """Run each entry point through ``mlflow run`` as a user would, in ``workdir`` with its own tracking store;
+    the client and every run of the experiment, oldest first."""
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     user_env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_EXPERIMENT")}
     env = {**user_env, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    params = {**TINY, "data_dir": str(tiny_data)}
-    for entry_point, extra in (("base", {}), ("finetune", {"n_images": "2"})):
+    for entry_point, extra in entry_points:
         command = [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", entry_point, "--env-manager", "local",
                    "--experiment-name", "segft-test"]
         for name, value in {**params, **extra}.items():
@@ -46,9 +44,27 @@ def project_runs(tmp_path_factory, tiny_data):
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("segft-test")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def project_runs(tmp_path_factory, tiny_data):
+    """Run ``base`` then ``finetune`` as a user would, in a fresh working directory and tracking store."""
+    client, runs = mlflow_run(tmp_path_factory.mktemp("work"), [("base", {}), ("finetune", {"n_images": "2"})],
+                              {**TINY, "data_dir": str(tiny_data)})
     yield client, {run.data.tags["segft.role"]: run for run in runs}
     mlflow.set_tracking_uri(None)
+
+
+def test_finetune_without_a_base_model_trains_one_first_and_adopts_the_mlflow_run(tmp_path, tiny_data):
+    """No base model with this key (a first ``finetune``, or one after the code changed): the base model is its
+    own run, and the fine-tuning is the run ``mlflow run`` created, not a third, untagged one."""
+    try:
+        _, runs = mlflow_run(tmp_path, [("finetune", {"n_images": "2"})], {**TINY, "data_dir": str(tiny_data)})
+        assert [run.data.tags.get("segft.role") for run in runs] == ["finetune", "base"]  # mlflow run's run first
+        assert all(run.info.status == "FINISHED" for run in runs)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 pytestmark = pytest.mark.slow
