@@ -140,6 +140,9 @@ class TrainConfig:
         epochs: Passes over the training patches.
         batch_size: Patches per optimizer step.
         lr: Adam learning rate.
+        finetune_lr: Adam learning rate of training that starts from a base model (the ``finetune`` and ``joint``
+            arms, the ``finetune`` command); 0 uses ``lr``, as the original protocol does. Fine-tuning starts near
+            a good solution and usually wants a lower rate than training from random weights.
         patch_size: Side of the square training patches (and of the inference window).
         seed: Seeds weight initialisation and patch order; a CPU run with the same seed, ``threads`` and CPU
             instruction sets is repeatable.
@@ -167,6 +170,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 4
     lr: float = 1e-5
+    finetune_lr: float = 0.0
     patch_size: int = 128
     seed: int = 0
     threads: int = 0
@@ -191,6 +195,8 @@ class TrainConfig:
         refuse_non_finite(self)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.finetune_lr < 0:
+            raise ValueError(f"finetune_lr must be positive, or 0 for lr, got {self.finetune_lr}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: resolved as the command starts), got {self.threads}")
         if not 0 <= self.overlap < 1:

@@ -339,10 +339,11 @@ def load_base(uri: str, config: TrainConfig, prepared: Prepared) -> BaseModel:
 
 def model_from_base(base: BaseModel, config: TrainConfig) -> tuple[nn.Module, TrainConfig]:
     """A copy of the base model, frozen as ``config.freeze`` says (the original stays pristine), and the training
-    settings with the base model's architecture; the global seed is set to ``config.seed`` first."""
+    settings with the base model's architecture and the fine-tuning learning rate (``finetune_lr``, when set, as
+    ``lr``: the rate the run trains with and logs); the global seed is set to ``config.seed`` first."""
     torch.manual_seed(config.seed)
     model = freeze(copy.deepcopy(base.model), config.freeze)
-    return model, dataclasses.replace(config, model=base.model_config)
+    return model, dataclasses.replace(config, model=base.model_config, lr=config.finetune_lr or config.lr)
 
 
 def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, config: TrainConfig,

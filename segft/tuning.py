@@ -351,18 +351,19 @@ def apply_best(config: TuneConfig, result: TuneResult, base_uri: str) -> RunResu
     """
     if result.best_lr is None:
         raise ValueError(f"no trial of study {result.study_name!r} has completed yet; nothing to apply")
-    train_config = dataclasses.replace(config.train, lr=result.best_lr)
-    if config.target == schema.ROLE_FINETUNE:
+    if config.target == schema.ROLE_FINETUNE:  # the base model is given: only the fine-tuning rate changes
+        train_config = dataclasses.replace(config.train, finetune_lr=result.best_lr)
         return run_finetune(FinetuneConfig(train=train_config, registry=config.registry, tracking=config.tracking,
                                            n_images=config.n_images, base_model=base_uri))
+    train_config = dataclasses.replace(config.train, lr=result.best_lr)
     return run_base(BaseConfig(train=train_config, registry=config.registry, tracking=config.tracking), new_run=True)
 
 
 def _study_settings(config: TuneConfig, base_uri: str) -> dict[str, object]:
-    """What makes trials comparable: every training setting but the learning rate (and where data and device
-    are: the data digest is in the study's name), the search range and the base model."""
+    """What makes trials comparable: every training setting but the learning rates (each trial draws its own; and
+    where data and device are: the data digest is in the study's name), the search range and the base model."""
     train = {key: value for key, value in tracking.flatten_config(config.train).items()
-             if key not in ("lr", "data_dir", "device")}
+             if key not in ("lr", "finetune_lr", "data_dir", "device")}
     return {**train, "target": config.target, "n_images": config.n_images if config.target == schema.ROLE_FINETUNE else 0,
             "lr_min": config.lr_min, "lr_max": config.lr_max, "base_model_uri": base_uri}
 

@@ -72,3 +72,25 @@ def test_freezing_patches_nothing_onto_the_instance_and_unfreeze_undoes_it():
 def test_only_segft_networks_can_be_frozen():
     with pytest.raises(ValueError, match="not a segft network"):
         freeze(torch.nn.Conv2d(1, 1, 3), "norm")
+
+
+@pytest.mark.parametrize("finetune_lr, trained_with", [(0.0, 1e-3), (1e-4, 1e-4)])
+def test_a_run_from_a_base_model_trains_with_the_finetuning_rate(finetune_lr, trained_with):
+    """``model_from_base`` hands the run its fine-tuning learning rate as ``lr`` (0: the base training's rate),
+    and the base model's architecture; the base model stays untouched."""
+    from segft.config import TrainConfig
+    from segft.runs import BaseModel, model_from_base
+
+    base = BaseModel("models:/segft-base/1", tiny_model(), ModelConfig(encoder="resnet18", encoder_depth=3,
+                                                                         decoder_channels=(16, 8, 4)), 64)
+    model, config = model_from_base(base, TrainConfig(lr=1e-3, finetune_lr=finetune_lr, freeze="encoder",
+                                                      patch_size=64))
+    assert config.lr == trained_with and config.model == base.model_config
+    assert model is not base.model and all(p.requires_grad for p in base.model.parameters())
+
+
+def test_a_negative_finetuning_rate_is_refused():
+    from segft.config import TrainConfig
+
+    with pytest.raises(ValueError, match="finetune_lr"):
+        TrainConfig(finetune_lr=-1e-4)
