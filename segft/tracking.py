@@ -72,8 +72,8 @@ def use_experiment(name: str, system_metrics: bool, description: str) -> str:
 def once_more(write: Callable[[], T]) -> T:
     """Run a write to the store, and once more after a short random pause if MLflow refused it.
 
-    Two processes opening the same new experiment, or logging the same dataset, at the same moment can both find
-    the row missing and both insert it (MLflow's server looks a row up, then inserts it): the loser gets a unique
+    Two processes opening the same new experiment, logging the same dataset or describing the same run at the
+    same moment can both find the row missing and both insert it (MLflow's server looks a row up, then inserts it): the loser gets a unique
     violation, and its second try finds the row and succeeds.
     """
     try:
@@ -119,8 +119,9 @@ def log_inputs(inputs: list[DatasetInput]) -> None:
 
 
 def describe_run(text: str) -> None:
-    """Set the active run's description (the UI shows it on the run's page)."""
-    mlflow.set_tag(schema.DESCRIPTION_TAG, redact(text))
+    """Set the active run's description (the UI shows it on the run's page); tried once more when another process
+    describing the same run (tuning workers sharing a parent) inserted the tag at the same moment."""
+    once_more(lambda: mlflow.set_tag(schema.DESCRIPTION_TAG, redact(text)))
 
 
 def flatten_config(config: object) -> dict[str, object]:
