@@ -26,8 +26,10 @@ def _ci(mean: float, low: float, high: float) -> str:
 
 def _machine(record: dict) -> str:
     m = record["machine"]
-    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; "
-            f"commit {record['commit'][:10]}, {record['date'][:10]}")
+    cpu = m["cpu"] + (f" (family {m['cpu_family']}, model {m['cpu_model_number']}, torch kernels "
+                      f"{m['torch_cpu_capability']})" if m.get("cpu_family") else "")
+    return (f"{cpu}, {m['cores']} cores, {m['torch_threads']} threads, torch {m['torch']}"
+            f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; commit {record['commit'][:10]}, {record['date'][:10]}")
 
 
 def study_table(record: dict) -> str:
@@ -122,25 +124,6 @@ def threads_table(record: dict) -> str:
         f"{other['threads']} threads, {len(record['degenerate'])} at {record['threads']}."])
 
 
-def choice_table(record: dict) -> str:
-    """Validation Dice (decides) and test Dice (reported) of each variant on each data set, with the fine-tuned
-    runs whose validation masks were degenerate."""
-    data = list(next(iter(record["variants"].values()))["data"])
-    head = ["variant", "validation score"] + [f"{d}: val D2 / test D1 / test D2 (degenerate runs)" for d in data]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, variant in record["variants"].items():
-        cells = [f"{v['mean_val_dice_dataset2']:.3f} / {v['mean_test_dice_dataset1']:.3f} / "
-                 f"{v['mean_test_dice_dataset2']:.3f} ({len(v.get('degenerate_on_validation', {}))} of "
-                 f"{sum(k.startswith('finetune') for k in v['runs'])})" for v in variant["data"].values()]
-        mark = " (best on validation)" if name == record["chosen"] else ""
-        lines.append(f"| `{name}`{mark} | {variant['validation_score']:.3f} | " + " | ".join(cells) + " |")
-    shared = ", ".join(f"{k}={v}" for k, v in record.get("shared_settings", {}).items())
-    return "\n".join([
-        f"Quick preset{' with ' + shared if shared else ''}, fine-tuning arm, sizes "
-        f"{', '.join(map(str, record['sizes']))}, {record['repeats']} repeats ({_machine(record)}); "
-        f"`{record['command']}`.", "", *lines])
-
-
 def speed_table(record: dict) -> str:
     """Training step times of the default model and the original network, inference speed, peak memory."""
     protocol = record["protocol_batch"]
@@ -152,7 +135,7 @@ def speed_table(record: dict) -> str:
     inference = "; ".join(f"{r['precision']}: {r['median_s']:.2f} s per image, **{r['megapixels_per_s']:.2f} "
                           f"megapixels per second**" for r in record["inference"])
     return "\n".join([
-        f"`{record['command']}` ({_machine(record)}, {record['threads']} threads):", "", *lines, "",
+        f"`{record['command']}` ({_machine(record)}):", "", *lines, "",
         f"The default model trains **{record['default_speedup_over_paulow']:.1f}x** faster than the original network "
         f"at batch {protocol} (eager, float32). Inference on one {record['image_size']} x {record['image_size']} "
         f"16-bit image ({record['inference'][0]['windows']} windows): {inference}. Peak resident memory of the "
@@ -196,29 +179,14 @@ def executor_table(record: dict) -> str:
         f"{other['max_abs_difference']:.2g}."])
 
 
-def repeatability(record: dict) -> str:
-    """A second run of a study against the first (the same file name without ``-again``): how far apart they are."""
-    first = json.loads((RESULTS / record["first_run"]).read_text()) if "first_run" in record else None
-    if first is None:
-        raise KeyError("a repeatability record names its first run in 'first_run'")
-    means = {(r["arm"], r["n_images"], r["dataset"]): r["mean"] for r in first["summary"]}
-    diffs = [abs(r["mean"] - means[(r["arm"], r["n_images"], r["dataset"])]) for r in record["summary"]]
-    same = sum(d == 0 for d in diffs)
-    return (f"`{record['first_run']}` and `{record['file']}` ({_machine(record)}): {same} of {len(diffs)} mean Dice "
-            f"cells identical, largest difference {max(diffs):.4f}; wall time {first['wall_s'] / 60:.1f} and "
-            f"{record['wall_s'] / 60:.1f} min.")
-
-
-RENDERERS = {"study-": study_table, "loss_choice": choice_table, "quick_lr_choice": choice_table,
-             "recipe_choice": recipe_table, "interval-coverage": coverage_table,
+RENDERERS = {"study-": study_table, "recipe_choice": recipe_table, "loss_choice": recipe_table,
+             "quick_lr_choice": recipe_table, "interval-coverage": coverage_table,
              "speed-": speed_table, "predict-memory-": predict_memory_table, "executor-": executor_table}
 
 
 def render(file: str) -> str:
     """The README block of results file ``file`` (a name in ``benchmarks/results``)."""
     record = json.loads((RESULTS / file).read_text())
-    if file.endswith("-again.json"):
-        return repeatability({**record, "file": file, "first_run": file.replace("-again", "")}) + "\n"
     if file.endswith("-1-thread.json"):
         return threads_table({**record, "file": file, "first_run": file.replace("-1-thread", "")}) + "\n"
     for prefix, renderer in RENDERERS.items():
