@@ -81,8 +81,8 @@ def recipe_table(record: dict) -> str:
         lines.append(f"| {name}{mark} | {variant['flagged_runs']} | {variant['validation_score']:.3f} | "
                      + " | ".join(cells) + " |")
     return "\n".join([
-        f"Quick preset, fine-tuning arm, sizes {', '.join(map(str, record['sizes']))}, {record['repeats']} repeats, "
-        f"{record['machine']['torch_threads']} threads ({_machine(record)}); `{record['command']}`. Rule: "
+        f"Quick preset, fine-tuning arm, sizes {', '.join(map(str, record['sizes']))}, {record['repeats']} repeats "
+        f"({_machine(record)}); `{record['command']}`. Rule: "
         f"{record['decision_rule']}.", "", *lines])
 
 
