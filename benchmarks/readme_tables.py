@@ -24,11 +24,15 @@ def _ci(mean: float, low: float, high: float) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def _machine(record: dict) -> str:
     m = record["machine"]
     cpu = m["cpu"] + (f" (family {m['cpu_family']}, model {m['cpu_model_number']}, torch kernels "
                       f"{m['torch_cpu_capability']})" if m.get("cpu_family") else "")
-    return (f"{cpu}, {m['cores']} cores, {m['torch_threads']} threads, torch {m['torch']}"
+    return (f"{cpu}, {m['cores']} cores, {_threads(m['torch_threads'])}, torch {m['torch']}"
             f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; commit {record['commit'][:10]}, {record['date'][:10]}")
 
 
@@ -103,7 +107,7 @@ def threads_table(record: dict) -> str:
     cell side by side, whether each lies inside the other's interval, and whether the findings agree."""
     other = json.loads((RESULTS / record["first_run"]).read_text())
     cells = {(r["arm"], r["n_images"], r["dataset"]): r for r in other["summary"]}
-    lines = [f"| arm | n | dataset | {other['threads']} threads | {record['threads']} threads | difference |",
+    lines = [f"| arm | n | dataset | {_threads(other['threads'])} | {_threads(record['threads'])} | difference |",
              "|---|---|---|---|---|---|"]
     diffs, inside = [], 0
     for r in record["summary"]:
@@ -116,12 +120,12 @@ def threads_table(record: dict) -> str:
     same = sum(a == b for _, a, b in verdicts)
     changed = "; ".join(f"{claim}: {a} → {b}" for claim, a, b in verdicts if a != b)
     return "\n".join([
-        f"`{record['first_run']}` ({other['threads']} threads) and `{record['file']}` ({record['threads']} threads), "
+        f"`{record['first_run']}` ({_threads(other['threads'])}) and `{record['file']}` ({_threads(record['threads'])}), "
         f"{_machine(record)}:", "", *lines, "",
         f"{inside} of {len(diffs)} cells lie inside each other's interval; mean |difference| "
         f"{sum(diffs) / len(diffs):.3f}, largest {max(diffs):.3f}. Findings: {same} of {len(verdicts)} verdicts "
-        f"the same{' (' + changed + ')' if changed else ''}. Flagged runs: {len(other['degenerate'])} rows at "
-        f"{other['threads']} threads, {len(record['degenerate'])} at {record['threads']}."])
+        f"the same{' (' + changed + ')' if changed else ''}. Flagged (run, dataset) rows: {len(other['degenerate'])} at "
+        f"{_threads(other['threads'])}, {len(record['degenerate'])} at {_threads(record['threads'])}."])
 
 
 def speed_table(record: dict) -> str:
