@@ -2,8 +2,8 @@
 the built-in data, the real small shift (``dsb2018-two-domains``) and the real large shift
 (``dsb2018-fluo-to-brightfield``) — and validation images decide (issues 10 and 20).
 
-``--choose recipe`` compares the quick preset's recipe (learning rate, what fine-tuning freezes, BCE in every
-branch of the dynamic loss); ``--choose loss`` the dynamic loss's variants; ``--choose lr`` the learning rate.
+``--choose recipe`` compares the quick preset's recipe (normalization, learning rate, what fine-tuning freezes,
+BCE in every branch of the dynamic loss, WiSE-FT weight mixing); ``--choose loss`` the dynamic loss's variants; ``--choose lr`` the learning rate.
 The rule (``DECISION_RULE``): robustness first — the variant with the fewest fine-tuned runs flagged as
 degenerate on their selection images (the whole Dataset 2 pool and Dataset 1's training images: a collapse, or a
 model that forgot Dataset 1) over all data sets —, then the mean Dice on the pool images the runs did not train on
@@ -32,21 +32,26 @@ LOSS_VARIANTS = {
     "batch (original)": {"loss_scope": "batch", "bce_in_every_branch": False},
 }
 LR_VARIANTS = {f"lr {lr:g}": {"lr": lr} for lr in (1e-3, 3e-4, 1e-4)}
-#: The quick preset's recipe (issue 20): the fine-tuning learning rate (base training keeps the preset's 1e-3),
-#: what fine-tuning freezes, and BCE in every branch of the dynamic loss (base training uses the same loss). Every
-#: variant names all of them, and the base's 1e-3 (``RECIPE_BASE``), so that no preset value decides.
+#: The quick preset's recipe (issue 20): the normalization, the fine-tuning learning rate (base training keeps
+#: the preset's 1e-3), what fine-tuning freezes, BCE in every branch of the dynamic loss (base training uses the
+#: same loss and normalization) and WiSE-FT's mix. Every variant names all of them, and the base's 1e-3
+#: (``RECIPE_BASE``), so that no preset value decides. The first two are the previous rounds' winners.
 RECIPE_BASE = {"lr": 1e-3, "epochs": 5, "batch_size": 8}
+
+
+def _recipe(normalization: str, finetune_lr: float, freeze: str, bce: bool, mix: float = 1.0) -> dict:
+    return {"normalization": normalization, "finetune_lr": finetune_lr, "freeze": freeze, "bce_in_every_branch": bce,
+            "finetune_mix": mix}
+
+
 RECIPE_VARIANTS = {
-    "lr 1e-3 throughout, freeze encoder, original loss": {"finetune_lr": 0.0, "freeze": "encoder",
-                                                          "bce_in_every_branch": False},
-    "lr 1e-3 throughout, freeze encoder, BCE in every branch": {"finetune_lr": 0.0, "freeze": "encoder",
-                                                                "bce_in_every_branch": True},
-    "fine-tuning lr 1e-4, freeze encoder, original loss": {"finetune_lr": 1e-4, "freeze": "encoder",
-                                                           "bce_in_every_branch": False},
-    "fine-tuning lr 1e-4, freeze encoder, BCE in every branch": {"finetune_lr": 1e-4, "freeze": "encoder",
-                                                                 "bce_in_every_branch": True},
-    "fine-tuning lr 1e-4, freeze none, BCE in every branch": {"finetune_lr": 1e-4, "freeze": "none",
-                                                              "bce_in_every_branch": True},
+    "percentile, lr 1e-3 throughout, freeze encoder, original loss": _recipe("percentile", 0.0, "encoder", False),
+    "percentile, fine-tuning lr 1e-4, freeze none, BCE in every branch": _recipe("percentile", 1e-4, "none", True),
+    "percentile, fine-tuning lr 1e-4, freeze none, BCE, WiSE-FT 0.7": _recipe("percentile", 1e-4, "none", True, 0.7),
+    "deviation, fine-tuning lr 1e-4, freeze none, original loss": _recipe("deviation", 1e-4, "none", False),
+    "deviation, fine-tuning lr 1e-4, freeze none, BCE in every branch": _recipe("deviation", 1e-4, "none", True),
+    "deviation, fine-tuning lr 1e-4, freeze norm, BCE in every branch": _recipe("deviation", 1e-4, "norm", True),
+    "deviation, fine-tuning lr 1e-4, freeze none, BCE, WiSE-FT 0.7": _recipe("deviation", 1e-4, "none", True, 0.7),
 }
 #: What each ``--choose`` compares.
 CHOICES = {"loss": LOSS_VARIANTS, "lr": LR_VARIANTS,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from segft.config import ModelConfig
+from segft.data.normalize import NORMALIZATIONS
 from segft.models import build_model
 
 FORMAT = "segft-checkpoint-v1"
@@ -28,10 +29,16 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Preprocessing and windowing the model was trained with; inference must use the same."""
+    """Preprocessing and windowing the model was trained with; inference must use the same. A description
+    written before ``normalization`` existed reads as ``percentile``, the only method then."""
 
     patch_size: int = 128
     overlap: float = 0.5
+    normalization: str = "percentile"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose from {list(NORMALIZATIONS)}")
 
 
 def save_checkpoint(model: nn.Module, config: ModelConfig, settings: InferenceSettings, directory: Path) -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from segft.data.normalize import NORMALIZATIONS
+
 
 def refuse_non_finite(config: object) -> None:
     """Refuse a NaN or infinite number in any field of a config dataclass (``--lr nan`` would pass every range
@@ -143,7 +145,15 @@ class TrainConfig:
         finetune_lr: Adam learning rate of training that starts from a base model (the ``finetune`` and ``joint``
             arms, the ``finetune`` command); 0 uses ``lr``, as the original protocol does. Fine-tuning starts near
             a good solution and usually wants a lower rate than training from random weights.
+        finetune_mix: WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): after training
+            from a base model, each weight becomes ``finetune_mix`` x its trained value + (1 - ``finetune_mix``)
+            x the base model's. 1 keeps the trained weights (the original protocol); lower values trade some of
+            what fine-tuning gained on Dataset 2 for what the base model knew of Dataset 1.
         patch_size: Side of the square training patches (and of the inference window).
+        normalization: How each image's intensities are normalized before training and inference
+            (``segft.data.normalize``): ``percentile`` (1st percentile to 0, 99.8th to 1, as CSBDeep) or
+            ``deviation`` (distance from the image's median, blind to the contrast's sign: bright-on-dark and
+            dark-on-bright objects look alike). The checkpoint carries it to inference.
         seed: Seeds weight initialisation and patch order; a CPU run with the same seed, ``threads`` and CPU
             instruction sets is repeatable.
         threads: PyTorch threads every run trains with: another count sums in another order, and training
@@ -171,7 +181,9 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-5
     finetune_lr: float = 0.0
+    finetune_mix: float = 1.0
     patch_size: int = 128
+    normalization: str = "percentile"
     seed: int = 0
     threads: int = 0
     device: str = "auto"
@@ -197,10 +209,14 @@ class TrainConfig:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.finetune_lr < 0:
             raise ValueError(f"finetune_lr must be positive, or 0 for lr, got {self.finetune_lr}")
+        if not 0 < self.finetune_mix <= 1:
+            raise ValueError(f"finetune_mix must be in (0, 1] (1: the trained weights), got {self.finetune_mix}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: resolved as the command starts), got {self.threads}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose from {list(NORMALIZATIONS)}")
         if self.freeze not in FREEZE_MODES:
             raise ValueError(f"unknown freeze mode {self.freeze!r}; choose from {list(FREEZE_MODES)}")
         if self.step not in STEP_MODES:

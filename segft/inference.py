@@ -90,7 +90,8 @@ def sliding_window_predict(
 
 @dataclass(frozen=True)
 class SlidingWindowSegmenter:
-    """A model plus the settings to segment raw images with it: normalize, slide, blend, threshold.
+    """A model plus the settings to segment raw images with it: normalize (as the model was trained:
+    ``normalization``), slide, blend, threshold.
 
     ``channels_last`` puts the model's weights in channels-last layout (in place), which makes every convolution
     take its faster NHWC path (about 1.5x on a 2-core CPU; see the README's Performance section).
@@ -104,6 +105,7 @@ class SlidingWindowSegmenter:
     device: torch.device | str = "cpu"
     autocast: bool = False
     channels_last: bool = True
+    normalization: str = "percentile"
 
     def __post_init__(self) -> None:
         if self.channels_last:
@@ -113,7 +115,7 @@ class SlidingWindowSegmenter:
         """(H, W) raw image of any dtype -> (H, W) foreground probabilities."""
         self.model.eval()
         return sliding_window_predict(
-            self.model, normalize_image(image), self.patch_size, self.overlap, self.batch_size, self.device,
+            self.model, normalize_image(image, self.normalization), self.patch_size, self.overlap, self.batch_size, self.device,
             self.autocast,
         )
 

@@ -147,6 +147,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         segmenter = SlidingWindowSegmenter(
             self.model,
             patch_size=self.settings.patch_size,
+            normalization=self.settings.normalization,
             overlap=float(params.get("overlap", self.settings.overlap)),
             batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
             threshold=float(params.get("threshold", DEFAULT_THRESHOLD)),

@@ -144,7 +144,7 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
     config, split, device = machine.with_threads(spec.config), prepared.split, prepared.device
     torch.set_num_threads(config.threads)  # the count it logs is the count it runs with, in process or on Ray
     model = model.to(device)
-    patches = make_patches(spec.train_set, config.patch_size, device)
+    patches = make_patches(spec.train_set, config.patch_size, device, config.normalization)
     tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.DIGEST_TAG: prepared.digest,
             schema.ENCODER_TAG: config.model.encoder, **spec.tags}
     training_input = dataset_input(spec.train_set, "train", schema.TRAINING_CONTEXT)
@@ -158,13 +158,14 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
         tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
         tracking.log_inputs([training_input, *validation_inputs, *prepared.test_inputs])
         train(model, patches, config, description=spec.run_name,
-              on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts))
+              on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts),
+              mix_with_start=config.finetune_mix if spec.params.get("base_model_uri") else 1.0)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = save_checkpoint(model, config.model, InferenceSettings(config.patch_size, config.overlap),
-                                         Path(tmp) / "checkpoint")
+            settings = InferenceSettings(config.patch_size, config.overlap, config.normalization)
+            checkpoint = save_checkpoint(model, config.model, settings, Path(tmp) / "checkpoint")
             model_id = tracking.log_model(pyfunc_arguments(checkpoint), spec.run_name)
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=device,
-                                           channels_last=config.channels_last)
+                                           channels_last=config.channels_last, normalization=config.normalization)
         metrics = log_test_scores([r for test_set in split.test_sets() for r in evaluate(segmenter, test_set)],
                                   prepared, model_id)
         val_metrics, val_table = {}, None
@@ -270,7 +271,7 @@ def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
 #: The training settings that, with the data, split, model and loss, define a base model (``base_key``); the
 #: others (device, step mode, layout, evaluation overlap, freezing) do not change what base training learns. The
 #: thread count does: another summation order, amplified by training (``segft.machine``).
-BASE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "patch_size", "seed", "autocast", "threads")
+BASE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "patch_size", "normalization", "seed", "autocast", "threads")
 
 
 def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
@@ -333,7 +334,7 @@ def load_base(uri: str, config: TrainConfig, prepared: Prepared) -> BaseModel:
     """
     with tempfile.TemporaryDirectory() as tmp:
         model, model_config, settings = load_checkpoint(tracking.download_checkpoint(uri, Path(tmp)), prepared.device)
-    check_base_model(uri, model_config, settings.patch_size, config, prepared.split)
+    check_base_model(uri, model_config, settings, config, prepared.split)
     return BaseModel(uri, model, model_config, settings.patch_size)
 
 
@@ -346,12 +347,12 @@ def model_from_base(base: BaseModel, config: TrainConfig) -> tuple[nn.Module, Tr
     return model, dataclasses.replace(config, model=base.model_config, lr=config.finetune_lr or config.lr)
 
 
-def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, config: TrainConfig,
+def check_base_model(base_uri: str, model_config: ModelConfig, settings: InferenceSettings, config: TrainConfig,
                      split: StudySplit) -> None:
     """Refuse a base model that does not fit the run.
 
     Raises:
-        ValueError: In one line, listing every difference between the base model's architecture, patch size or
+        ValueError: In one line, listing every difference between the base model's architecture, patch size, normalization or
             split and the run's; or when the base model trained on any of the run's test images (always refused:
             the test scores would be inflated).
     """
@@ -366,7 +367,8 @@ def check_base_model(base_uri: str, model_config: ModelConfig, patch_size: int, 
         ("arch", model_config.arch, config.model.arch),
         *((name, getattr(model_config, name), getattr(config.model, name))
           for name in ("encoder", "encoder_depth", "decoder_channels") if config.model.arch == "attention_unet"),
-        ("patch_size", patch_size, config.patch_size),
+        ("patch_size", settings.patch_size, config.patch_size),
+        ("normalization", settings.normalization, config.normalization),
         *((name, int(base_params[name]), getattr(config.split, name))
           for name in ("dataset1_train_images", "dataset2_pool_images") if name in base_params),
     ) if theirs != ours]

@@ -43,14 +43,16 @@ class Patches:
         return self.images.shape[0]
 
 
-def make_patches(image_set: ImageSet, patch_size: int, device: torch.device | str = "cpu") -> Patches:
-    """Normalize each image and cut it and its mask on a non-overlapping grid covering the whole image.
+def make_patches(image_set: ImageSet, patch_size: int, device: torch.device | str = "cpu",
+                 normalization: str = "percentile") -> Patches:
+    """Normalize each image (``normalize_image`` with ``normalization``) and cut it and its mask on a
+    non-overlapping grid covering the whole image.
 
     Every patch is kept, background-only ones included (the dynamic loss trains those with BCE).
     """
     images, masks = [], []
     for image, mask in zip(image_set.images, image_set.masks):
-        images.append(extract_patches(normalize_image(image), patch_size, patch_size)[0])
+        images.append(extract_patches(normalize_image(image, normalization), patch_size, patch_size)[0])
         masks.append(extract_patches(mask.astype(np.float32), patch_size, patch_size)[0])
     return Patches(
         images=torch.from_numpy(np.concatenate(images)[:, None]).to(device),
@@ -110,6 +112,7 @@ def train(
     config: TrainConfig,
     on_epoch: Callable[[EpochLog], None] = lambda log: None,
     description: str = "train",
+    mix_with_start: float = 1.0,
 ) -> list[EpochLog]:
     """Train ``model`` in place with Adam and the dynamic loss for ``config.epochs`` epochs.
 
@@ -119,6 +122,9 @@ def train(
         config: Epochs, batch size, learning rate, loss settings, seed (patch order), step mode and precision.
         on_epoch: Called after every epoch, for example to log to MLflow.
         description: Label of the progress bar.
+        mix_with_start: Below 1, after the last epoch (before its ``on_epoch``) every floating weight and
+            normalization statistic becomes ``mix_with_start`` x its trained value + the rest x its value when
+            training began (WiSE-FT; ``TrainConfig.finetune_mix`` for training from a base model).
 
     Returns:
         One ``EpochLog`` per epoch.
@@ -133,17 +139,29 @@ def train(
     if config.batch_size < 1 or config.epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {config.batch_size} and {config.epochs}")
     step = prepare_train_step(model, config, patches.images.device)
+    start = {name: value.detach().clone() for name, value in model.state_dict().items()} if mix_with_start < 1 else None
     generator = torch.Generator().manual_seed(config.seed)
     logs = []
     progress = tqdm(range(config.epochs), desc=description, unit="epoch")
     for epoch in progress:
         model.train()  # on_epoch may have evaluated the model
         loss, counts = train_epoch(step, patches, config.batch_size, generator, epoch)
+        if start is not None and epoch == config.epochs - 1:
+            mix_weights(model, start, mix_with_start)
         log = EpochLog(epoch=epoch, loss=loss, branch_counts=counts)
         progress.set_postfix(loss=f"{loss:.4f}")
         on_epoch(log)
         logs.append(log)
     return logs
+
+
+@torch.no_grad()
+def mix_weights(model: nn.Module, start: dict[str, torch.Tensor], mix: float) -> None:
+    """In place: every floating tensor of ``model``'s state becomes ``mix`` x itself + (1 - ``mix``) x its value
+    in ``start`` (the same tensors stay, so a captured CUDA graph still sees them); counters keep their value."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            tensor.lerp_(start[name].to(tensor.device, tensor.dtype), 1 - mix)
 
 
 def prepare_train_step(model: nn.Module, config: TrainConfig, device: torch.device) -> StepFn:

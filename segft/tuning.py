@@ -172,7 +172,8 @@ class _Trials:
 
     @functools.cached_property
     def patches(self) -> Patches:
-        return make_patches(self.train_set, self.config.train.patch_size, self.device)
+        return make_patches(self.train_set, self.config.train.patch_size, self.device,
+                            self.config.train.normalization)
 
     def for_workers(self) -> _Trials:
         """A copy to send to Ray workers: the base model's weights on the CPU (a worker may have no GPU, or
@@ -223,7 +224,8 @@ class _Trials:
         model = self.start_model(config)
         scores: list[float] = []
         train(model, self.patches, config, on_epoch=self._reporter(trial, model, config, scores),
-              description=f"trial {trial.number} lr={config.lr:.2e}")
+              description=f"trial {trial.number} lr={config.lr:.2e}",
+              mix_with_start=config.finetune_mix if self.base else 1.0)
         return scores[-1]
 
     @functools.cached_property
@@ -242,7 +244,7 @@ class _Trials:
         """The training loop's ``on_epoch``: log the epoch; every ``report_every`` epochs (and after the last)
         score the validation images, log and report the score, and raise ``TrialPruned`` if the pruner says so."""
         segmenter = SlidingWindowSegmenter(model, config.patch_size, config.overlap, device=self.device,
-                                           channels_last=config.channels_last)
+                                           normalization=config.normalization, channels_last=config.channels_last)
 
         def on_epoch(log: EpochLog) -> None:
             tracking.log_epoch(log.epoch, log.loss, log.branch_counts)

@@ -75,7 +75,7 @@ def test_checkpoint_folder_holds_a_description_and_plain_weights(saved):
         "format": FORMAT,
         "model": {"arch": "attention_unet", "encoder": "resnet18", "encoder_weights": "", "encoder_depth": 3,
                   "decoder_channels": [16, 8, 4]},
-        "inference": {"patch_size": 32, "overlap": 0.25},
+        "inference": {"patch_size": 32, "overlap": 0.25, "normalization": "percentile"},
     }
     state = torch.load(saved / WEIGHTS_FILE, weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in state.values())
@@ -177,6 +177,8 @@ BAD_DESCRIPTION_CASES = [  # change to model.json, expected message after the pa
     (write('{"format": "segft-checkpoint-v1", "model": {"decoder_channels": [4]}, "inference": {"tile": 3}}'),
      r"invalid .* \(TypeError: .*tile"),
     (write('{"format": "segft-checkpoint-v1", "model": [1], "inference": {}}'), r"invalid .* \(TypeError"),
+    (write('{"format": "segft-checkpoint-v1", "model": {"decoder_channels": [4]}, "inference": '
+           '{"normalization": "zscore"}}'), r"invalid .* \(ValueError: unknown normalization 'zscore'"),
 ]
 
 
@@ -199,3 +201,13 @@ def test_missing_folder_raises_checkpoint_error(tmp_path):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_a_description_from_before_normalization_existed_reads_as_percentile(saved, tmp_path):
+    """Checkpoints written before the setting existed were all trained on percentile-normalized images."""
+    shutil.copytree(saved, tmp_path / "old")
+    path = tmp_path / "old" / CONFIG_FILE
+    description = json.loads(path.read_text())
+    del description["inference"]["normalization"]
+    path.write_text(json.dumps(description))
+    assert read_checkpoint_config(tmp_path / "old")[1].normalization == "percentile"

@@ -190,3 +190,26 @@ def test_normalize_image_does_not_modify_its_input():
     copy = image.copy()
     normalize_image(image)
     assert np.array_equal(image, copy)
+
+
+def test_deviation_normalization_is_blind_to_the_sign_of_the_contrast():
+    bright_on_dark = scene().astype(np.float32)
+    dark_on_bright = bright_on_dark.max() + bright_on_dark.min() - bright_on_dark  # the same scene, inverted
+    assert np.allclose(normalize_image(bright_on_dark, "deviation"), normalize_image(dark_on_bright, "deviation"),
+                       atol=1e-5)
+    assert not np.allclose(normalize_image(bright_on_dark), normalize_image(dark_on_bright), atol=0.1)
+
+
+def test_deviation_normalization_maps_the_median_to_0_and_the_99_8th_percentile_of_the_distance_to_1():
+    ramp = np.arange(1001, dtype=np.uint16)  # median 500; distances 0..500, each twice but 0 and 500 once
+    normalized = normalize_image(ramp, "deviation")
+    distance_998 = np.percentile(np.abs(ramp - 500.0), 99.8)
+    assert normalized[500] == 0 and normalized[0] == normalized[1000] == pytest.approx(500 / distance_998)
+    assert normalized[400] == normalized[600] == pytest.approx(100 / distance_998)
+    assert normalize_image(np.full((4, 4), 7, np.uint8), "deviation").dtype == np.float32
+    assert not normalize_image(np.full((4, 4), 7, np.uint8), "deviation").any()
+
+
+def test_an_unknown_normalization_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="unknown normalization 'zscore'.*percentile.*deviation"):
+        normalize_image(scene(), "zscore")

@@ -213,3 +213,15 @@ def test_load_time_settings_reach_the_model(saved):
 def test_unknown_model_uri_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load model"):
         tracking.load_model(str(tmp_path / "no-such-model"))
+
+
+def test_the_pyfunc_normalizes_as_the_checkpoint_says(saved, tmp_path):
+    """A model trained on ``deviation``-normalized images is served with that normalization, not the default."""
+    checkpoint = save_checkpoint(saved[1], CONFIG, InferenceSettings(32, 0.5, "deviation"), tmp_path / "checkpoint")
+    served = mlflow.pyfunc.load_model(str(tracking.save_model(pyfunc_arguments(checkpoint), tmp_path / "pyfunc")))
+    image = _image((40, 70))
+    expected = SlidingWindowSegmenter(saved[1], patch_size=32, overlap=0.5, normalization="deviation")
+    probabilities = served.predict(image, params={"return_probabilities": True})
+    assert np.allclose(probabilities, expected.probabilities(image), atol=1e-5)
+    percentile = SlidingWindowSegmenter(saved[1], patch_size=32, overlap=0.5).probabilities(image)
+    assert not np.allclose(probabilities, percentile, atol=1e-3)

@@ -98,6 +98,7 @@ KEY_CHANGES = [  # what differs from tiny_train, as TrainConfig replacements
     ("epochs", {"epochs": 2}),
     ("lr", {"lr": 1e-4}),
     ("seed", {"seed": 1}),
+    ("normalization", {"normalization": "deviation"}),
     ("loss", {"loss": LossConfig(loss_scope="patch")}),
     ("arch", {"model": ModelConfig(arch="paulow")}),
     ("encoder", {"model": ModelConfig(encoder="resnet34", encoder_depth=3, decoder_channels=(16, 8, 4))}),
@@ -126,6 +127,7 @@ def test_base_trained_with_other_settings_is_not_reused(store, tiny_data):
 
 @pytest.mark.parametrize("change, message", [
     ({"patch_size": 32}, "patch_size: base 64, run 32"),
+    ({"normalization": "deviation"}, "normalization: base 'percentile', run 'deviation'"),
     ({"model": ModelConfig(encoder="resnet34", encoder_depth=3, decoder_channels=(16, 8, 4))},
      "encoder: base 'resnet18', run 'resnet34'"),
     ({"split": SplitConfig(dataset1_train_images=3, dataset2_pool_images=2)}, "dataset2_pool_images: base 3, run 2"),

@@ -357,3 +357,38 @@ def test_training_stops_at_the_first_non_finite_loss_and_names_epoch_and_step():
                                           model=ModelConfig(encoder="resnet18", encoder_depth=3,
                                                             decoder_channels=(8, 8, 8))), on_epoch=logs.append)
     assert logs == []
+
+
+# ------------------------------------------------------------------------------------------ WiSE-FT mixing
+
+def test_mixing_with_the_start_lands_between_the_start_and_the_trained_weights(patches):
+    """``mix_with_start`` (WiSE-FT): the same training, then each floating tensor (weights and normalization
+    statistics) is mix x trained + (1 - mix) x start; counters keep their trained value."""
+    start = {name: value.clone() for name, value in fresh_model().state_dict().items()}
+    trained, mixed = fresh_model(), fresh_model()
+    train(trained, patches, tiny_config())
+    seen = []
+    train(mixed, patches, tiny_config(), on_epoch=lambda log: seen.append(mixed.state_dict()["head.bias"].clone()),
+          mix_with_start=0.25)
+    for name, value in mixed.state_dict().items():
+        expected = 0.25 * trained.state_dict()[name] + 0.75 * start[name] if value.is_floating_point() \
+            else trained.state_dict()[name]
+        assert torch.allclose(value, expected.to(value.dtype), atol=1e-6), name
+    assert torch.equal(seen[-1], mixed.state_dict()["head.bias"])  # the last epoch's callback sees the mixed model
+    assert not torch.equal(trained.state_dict()["head.bias"], start["head.bias"])  # training moved it: not vacuous
+
+
+@pytest.mark.parametrize("mix", [0.0, 1.5, float("nan")])
+def test_a_mix_outside_0_to_1_is_refused(mix):
+    with pytest.raises(ValueError, match="finetune_mix"):
+        TrainConfig(finetune_mix=mix)
+
+
+def test_patches_and_the_segmenter_normalize_as_configured():
+    image_set = toy_set([(64, 64)])
+    patches = make_patches(image_set, 32, normalization="deviation")
+    expected = normalize_image(image_set.images[0], "deviation")
+    assert torch.allclose(patches.images[0, 0], torch.from_numpy(expected[:32, :32]))
+    segmenter = SlidingWindowSegmenter(nn.Identity(), patch_size=32, overlap=0.5, normalization="deviation")
+    probabilities = segmenter.probabilities(image_set.images[0])
+    assert np.allclose(probabilities, 1 / (1 + np.exp(-expected)), atol=1e-5)
