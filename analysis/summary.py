@@ -51,8 +51,11 @@ from segft.schema import DATASET1, DATASET2, FINETUNE_ARM, RAW_ARM, THRESHOLD_AR
 FORGETTING_MARGIN = StudyConfig.forgetting_margin
 GROUP = ["arm", "n_images", "dataset"]
 N_RESAMPLES = 9999
+#: The range a Dice can take, and a difference of two: intervals are clipped to what their statistic can reach.
+DICE_RANGE, CHANGE_RANGE = (0.0, 1.0), (-1.0, 1.0)
 CI_METHOD = (f"crossed percentile bootstrap: repeats and test images drawn once per resample, shared by every arm, "
-             f"size and difference; rescaled and t-widened for few repeats ({N_RESAMPLES} resamples)")
+             f"size and difference; rescaled and t-widened for few repeats, clipped to the metric's range "
+             f"({N_RESAMPLES} resamples)")
 #: What a finding says: yes, no, undecided (its interval straddles the bound), or not tested.
 YES, NO, UNDECIDED, NOT_TESTED = "yes", "no", "undecided", "not tested"
 #: The columns of ``findings``.
@@ -117,9 +120,15 @@ class Resamples:
             grid = grid.reindex(index=self.repeats)
         return datasets[0], grid.reindex(columns=self.images[datasets[0]]).to_numpy(float)
 
-    def interval(self, terms: list[tuple[float, str, np.ndarray]], confidence: float) -> tuple[float, float, float]:
+    def interval(self, terms: list[tuple[float, str, np.ndarray]], confidence: float,
+                 value_range: tuple[float, float] | None = None) -> tuple[float, float, float]:
         """Mean and CI of the sum of coefficient × mean of matrix over ``terms`` of (coefficient, dataset, matrix),
         the matrices from ``matrix``, every term on the same draws (module docstring: rescaled, t-widened).
+
+        Args:
+            value_range: The range every matrix entry can take (``DICE_RANGE``, ``CHANGE_RANGE``); the interval is
+                clipped to the range the statistic can take then (the t-widening can push a bound of a Dice
+                near 1 past 1). None: not clipped.
 
         Returns:
             ``(mean, low, high)``; ``low == high == mean`` when no resample moves the statistic.
@@ -152,7 +161,12 @@ class Resamples:
         parts += [(np.nanvar(part), len(self.images[d]) - 1) for d, part in image_parts.items()]
         low, high = np.quantile(deviations, [(1 - confidence) / 2, (1 + confidence) / 2])
         widen = _t_over_z(parts, confidence)
-        return float(mean), float(mean + widen * low), float(mean + widen * high)
+        low, high = mean + widen * low, mean + widen * high
+        if value_range is not None:
+            reachable = [sum(c * (value_range[0] if (c > 0) == lowest else value_range[1]) for c, _, _ in terms)
+                         for lowest in (True, False)]
+            low, high = np.clip([low, high], *reachable)
+        return float(mean), float(low), float(high)
 
 
 def _weighted_mean(repeat_weights: np.ndarray, image_weights: np.ndarray, values: np.ndarray,
@@ -211,10 +225,11 @@ def arm_first(column: pd.Series) -> pd.Series:
     return column.map(lambda arm: (arm != RAW_ARM, arm != THRESHOLD_ARM, arm)) if column.name == "arm" else column
 
 
-def _ci_table(table: pd.DataFrame, column: str, plan: Resamples, confidence: float) -> pd.DataFrame:
+def _ci_table(table: pd.DataFrame, column: str, plan: Resamples, confidence: float,
+              value_range: tuple[float, float]) -> pd.DataFrame:
     rows = []
     for key, part in table.groupby(GROUP, sort=True):
-        mean, low, high = plan.interval([(1.0, *plan.matrix(part, column))], confidence)
+        mean, low, high = plan.interval([(1.0, *plan.matrix(part, column))], confidence, value_range)
         rows.append({**dict(zip(GROUP, key)), "mean": mean, "std": part[column].std(),
                      "ci_low": low, "ci_high": high, "count": len(part), "images": part["image"].nunique(),
                      "repeats": part["repeat"].nunique(), "ci_method": CI_METHOD})
@@ -233,7 +248,7 @@ def summarize(tidy: pd.DataFrame, confidence: float = 0.95, random_state: int = 
         ValueError: If ``tidy`` is not a valid tidy table.
     """
     check_tidy(tidy)
-    return _ci_table(tidy, "dice", Resamples.draw(tidy, random_state=random_state), confidence)
+    return _ci_table(tidy, "dice", Resamples.draw(tidy, random_state=random_state), confidence, DICE_RANGE)
 
 
 def repeat_means(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -284,7 +299,7 @@ def _change_table(tidy: pd.DataFrame, plan: Resamples, confidence: float) -> pd.
     diffs = paired_differences(tidy)
     if diffs.empty:
         raise ValueError("no runs besides the raw model to compare with it")
-    return _ci_table(diffs, "change", plan, confidence).rename(columns={"mean": "mean_change"})
+    return _ci_table(diffs, "change", plan, confidence, CHANGE_RANGE).rename(columns={"mean": "mean_change"})
 
 
 def paired_change(tidy: pd.DataFrame, confidence: float = 0.95, random_state: int = 0) -> pd.DataFrame:
@@ -341,7 +356,7 @@ def _raw_gap(tidy: pd.DataFrame, plan: Resamples, confidence: float) -> dict[str
     if any(p.empty for p in parts):
         return {"claim": claim, "verdict": NOT_TESTED, "evidence": "no raw-model Dice for both datasets"}
     terms = [(sign, *plan.matrix(part, "dice")) for sign, part in zip((1.0, -1.0), parts)]
-    gap, low, high = plan.interval(terms, confidence)
+    gap, low, high = plan.interval(terms, confidence, DICE_RANGE)
     return {"claim": claim, "verdict": above_zero(low, high),
             "evidence": f"Dataset 1 − Dataset 2, on the same repeat draws: {_fmt(gap, low, high)} "
                         f"({raw['repeat'].nunique()} raw model(s)); yes when the interval lies above 0"}
@@ -372,7 +387,7 @@ def _size_gain(tidy: pd.DataFrame, plan: Resamples, confidence: float) -> dict[s
     diff = (large - small).dropna().rename("diff").reset_index().assign(dataset=DATASET2)
     if diff.empty:
         return {"claim": claim, "verdict": NOT_TESTED, "evidence": "no (repeat, image) pair evaluated at both sizes"}
-    mean, low, high = plan.interval([(1.0, *plan.matrix(diff, "diff"))], confidence)
+    mean, low, high = plan.interval([(1.0, *plan.matrix(diff, "diff"))], confidence, CHANGE_RANGE)
     return {"claim": claim, "verdict": above_zero(low, high),
             "evidence": f"n={sizes[-1]} minus n={sizes[0]}, paired per (repeat, image): "
                         f"{_fmt(mean, low, high)}; yes when the interval lies above 0. {_trend(ft)}"}
@@ -416,7 +431,7 @@ def _beats_threshold(tidy: pd.DataFrame, plan: Resamples, confidence: float) -> 
         return {"claim": claim, "verdict": NOT_TESTED, "evidence": "needs finetune and threshold runs"}
     largest = ft[ft["n_images"] == ft["n_images"].max()]
     diff = largest.assign(diff=largest["dice"] - largest["image"].map(baseline)).dropna(subset=["diff"])
-    mean, low, high = plan.interval([(1.0, *plan.matrix(diff, "diff"))], confidence)
+    mean, low, high = plan.interval([(1.0, *plan.matrix(diff, "diff"))], confidence, CHANGE_RANGE)
     return {"claim": claim, "verdict": above_zero(low, high),
             "evidence": f"n={largest['n_images'].iloc[0]} minus threshold, paired per test image: "
                         f"{_fmt(mean, low, high)} (threshold alone: {baseline.mean():.3f}); "

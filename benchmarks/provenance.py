@@ -30,14 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What a run logs and where it runs, not what it computes: no results file depends on these.
 _PLUMBING = ("!segft/tracking.py", "!segft/executor.py", "!segft/urls.py", "!segft/mlproject.py", "!segft/pyfunc.py",
              "!segft/predict.py", "!segft/overlays.py")
+_STUDY = ("segft/", *_PLUMBING, "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
+          "benchmarks/executor_speed.py")
 CODE = {
-    "study": ("segft/", *_PLUMBING, "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
-              "benchmarks/executor_speed.py"),
+    "study": _STUDY,
     "choice": ("segft/", *_PLUMBING, "!segft/presets.py", "!segft/config.py", "!segft/cli.py",
                "benchmarks/choose_defaults.py"),
     "speed": ("segft/models/", "segft/losses/", "segft/data/patches.py", "segft/data/normalize.py",
               "segft/train_step.py", "segft/training.py", "segft/inference.py", "benchmarks/speed.py"),
     "intervals": ("analysis/summary.py", "benchmarks/interval_coverage.py"),
+    # gathers study files (each checked against the study code) into one table: their code and its own
+    "robustness": (*_STUDY, "benchmarks/robustness.py"),
     "predict": ("segft/models/", "segft/data/readers.py", "segft/data/normalize.py", "segft/data/patches.py",
                 "segft/inference.py", "segft/predict.py", "segft/pyfunc.py", "segft/checkpoint.py",
                 "benchmarks/predict_memory.py"),

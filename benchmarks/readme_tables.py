@@ -128,6 +128,32 @@ def threads_table(record: dict) -> str:
         f"{_threads(other['threads'])}, {len(record['degenerate'])} at {_threads(record['threads'])}."])
 
 
+def robustness_table(record: dict) -> str:
+    """Per data set and thread count: the fine-tuned runs flagged as degenerate on test images, Dataset 2 Dice at
+    the smallest and largest size, and whether the findings agree across thread counts."""
+    lines = ["| data set | threads | CPU kernels | repeats | flagged fine-tuned runs | Dataset 2 Dice, fewest / most images "
+             "| wall time |", "|---|---|---|---|---|---|---|"]
+    for r in record["studies"]:
+        flagged = ", ".join(r["flagged_finetuned_runs"])
+        lines.append(f"| {r['data']} | {r['threads']} | {r['torch_cpu_capability']} | {r['repeats']} | "
+                     f"{len(r['flagged_finetuned_runs'])} of {r['finetuned_runs']}{' (' + flagged + ')' if flagged else ''}"
+                     f" | n={r['sizes'][0]}: {r['dataset2_dice_smallest']:.3f}, n={r['sizes'][1]}: "
+                     f"{r['dataset2_dice_largest']:.3f} | {r['wall_s'] / 60:.1f} min |")
+    differ = []
+    for data in sorted({r["data"] for r in record["studies"]}):
+        studies = [r for r in record["studies"] if r["data"] == data]
+        claims = set().union(*(r["verdicts"] for r in studies))
+        for claim in sorted(claims):
+            seen = {r["threads"]: r["verdicts"].get(claim, "–") for r in studies}
+            if len(set(seen.values())) > 1:
+                differ.append(f"{data}, {claim}: " + ", ".join(f"{v} at {_threads(t)}" for t, v in sorted(seen.items())))
+    agreement = ("The findings are the same at every thread count of each data set." if not differ else
+                 "Findings that differ between thread counts: " + "; ".join(differ) + ".")
+    return "\n".join([
+        f"`{record['command']}` ({_machine(record)}):", "", *lines, "",
+        f"**{record['flagged_finetuned_runs']} of {record['finetuned_runs']}** fine-tuned runs flagged. {agreement}"])
+
+
 def speed_table(record: dict) -> str:
     """Training step times of the default model and the original network, inference speed, peak memory."""
     protocol = record["protocol_batch"]
@@ -184,7 +210,7 @@ def executor_table(record: dict) -> str:
 
 
 RENDERERS = {"study-": study_table, "recipe_choice": recipe_table, "loss_choice": recipe_table,
-             "quick_lr_choice": recipe_table, "interval-coverage": coverage_table,
+             "quick_lr_choice": recipe_table, "interval-coverage": coverage_table, "robustness": robustness_table,
              "speed-": speed_table, "predict-memory-": predict_memory_table, "executor-": executor_table}
 
 

@@ -40,9 +40,9 @@ class ModelConfig:
             network: 3 poolings, 64-512 channels, weight-standardized residual blocks, about 8.1 M parameters;
             the encoder settings below do not apply to it).
         encoder: Any ``segmentation_models_pytorch`` encoder name (``smp.encoders.get_encoder``), timm's through
-            ``tu-<name>``. The default, MobileNetV3-Small (Howard et al. 2019) with a narrow decoder, trains 30x
-            faster than the original network on a CPU and segments a 2048 x 2048 image in about 3 s there (README,
-            "Performance"); ``resnet18`` with ``decoder_channels=128,64,32,16`` is a heavier classic.
+            ``tu-<name>``. The default, MobileNetV3-Small (Howard et al. 2019) with a narrow decoder, trains about
+            17x the original network's throughput at batch 4 on a 2-core CPU and segments a 2048 x 2048 image in
+            about 2.5 s there (README, "Performance"; ``benchmarks/results/speed-cpu.json``); ``resnet18`` with ``decoder_channels=128,64,32,16`` is a heavier classic.
         encoder_weights: Pretrained weights name for the encoder (for example ``imagenet``); empty for random
             initialisation. Empty by default because nothing may be downloaded at run time.
         encoder_depth: Number of encoder stages used (3-5); each halves the resolution.

@@ -67,6 +67,20 @@ def test_crossed_ci_rejects_bad_input(per_repeat, confidence, message):
         summary.crossed_ci(cell, confidence=confidence)
 
 
+def test_intervals_never_leave_the_range_dice_and_its_changes_can_take():
+    """Few repeats widen the interval (t instead of z): a Dice near 1 would get a bound above 1 unclipped."""
+    near_one = {("finetune", 5, "dataset2"): [[1.0, 0.99, 0.97], [0.6, 0.98, 0.99], [1.0, 1.0, 0.95]]}
+    tidy = make_tidy({"dataset2": [0.1, 0.0, 0.05]}, near_one)
+    cell = tidy[tidy["arm"] == "finetune"]
+    unclipped = summary.Resamples.draw(cell).interval([(1.0, *summary.Resamples.draw(cell).matrix(cell, "dice"))],
+                                                      0.95)
+    assert unclipped[2] > 1  # the case clipping exists for: not vacuous
+    row = summary.summarize(tidy).set_index("arm").loc["finetune"]
+    assert 0 <= row["ci_low"] <= row["mean"] <= row["ci_high"] == 1.0
+    change = summary.paired_change(tidy).iloc[0]
+    assert -1 <= change["ci_low"] <= change["ci_high"] <= 1
+
+
 def test_summarize_groups_arm_size_dataset():
     tidy = make_tidy({"dataset1": [0.8, 0.6], "dataset2": [0.4, 0.4]},
                      {("finetune", 5, "dataset2"): [[0.5, 0.7], [0.6, 0.8]]})

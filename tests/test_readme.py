@@ -58,3 +58,14 @@ def test_code_digest_reads_a_commit_like_the_working_tree(tmp_path):
     if provenance.subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=provenance.ROOT).returncode:
         pytest.skip("benchmarks/provenance.py has uncommitted changes")
     assert provenance.code_digest(code, "HEAD") == provenance.code_digest(code)
+
+
+def test_the_quick_preset_is_the_recipe_the_committed_choice_chose():
+    """The preset follows the evidence: the variant ``benchmarks/choose_defaults.py --choose recipe`` chose (on
+    validation images, over every data set) is exactly the ``quick`` preset."""
+    from segft.config import TrainConfig
+    from segft.presets import preset_train_config, with_overrides
+
+    record = json.loads((readme_tables.RESULTS / "recipe_choice.json").read_text())
+    chosen = record["variants"][record["chosen"]]["settings"]
+    assert preset_train_config("quick") == with_overrides(TrainConfig(), chosen)
