@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from segft.schema import ARM_TAG, EVALUATION_CSV, ROLE_STUDY, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
+from segft.tracking import search_pages
 TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
 #: Per-image columns a tidy table carries when the runs logged them: pixel counts and the mask's digest.
 COUNT_COLUMNS = ["tp", "fp", "fn", "prediction_digest"]
@@ -33,18 +34,6 @@ class Study:
     study_id: str
     parent: Run
     children: tuple[Run, ...]
-
-
-def _search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
-    """Every run matching ``filter_string``, newest first, following MLflow's pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
@@ -72,7 +61,7 @@ def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str 
     query = f"tags.`{ROLE_TAG}` = '{ROLE_STUDY}'"
     if study_id:
         query += f" and tags.`{STUDY_TAG}` = '{study_id}'"
-    runs = _search_runs(client, _experiment_ids(client, experiment), query)
+    runs = search_pages(client, _experiment_ids(client, experiment), query)
     if not runs:
         what = f"study {study_id!r}" if study_id else "study"
         where = f"experiment {experiment!r}" if experiment else "any experiment"
@@ -89,7 +78,7 @@ def read_study(client: MlflowClient, study_id: str = "", experiment: str = "") -
     """
     parent = find_study_parent(client, study_id, experiment)
     sid = parent.data.tags[STUDY_TAG]
-    runs = _search_runs(client, [parent.info.experiment_id],
+    runs = search_pages(client, [parent.info.experiment_id],
                         f"tags.`{STUDY_TAG}` = '{sid}' and attributes.status = 'FINISHED'")
     children: dict[str, Run] = {}
     for run in runs:

@@ -1,7 +1,8 @@
 """A study's report: tables, figures, the overlay grid and the findings in one self-contained HTML page.
 
 ``build_report`` reads the study through the MLflow client, writes ``<report_dir>/<study_id>/`` and logs that
-folder on the study's parent run under ``report/``; ``text_summary`` is what the terminal shows afterwards.
+folder on the study's parent run under ``report/`` through ``segft.tracking`` (analysis reads MLflow; only the
+adapter writes to it); ``text_summary`` is what the terminal shows afterwards.
 The page opens offline and stays light (under 4 MB for a study of the quickstart's shape): plotly.js is inlined
 once, packed (``analysis.plotly_inline``); the grid is a JPEG data URI (``analysis.grid.encode_jpeg``) linking to
 the full-resolution ``grid.png`` beside the page; nothing is fetched.
@@ -21,7 +22,7 @@ import plotly.graph_objects as go
 from mlflow import MlflowClient
 
 from analysis import figures, grid, plotly_inline, query, summary
-from segft import quality, schema
+from segft import quality, schema, tracking
 from segft.config import ReportConfig
 from segft.urls import redact
 
@@ -155,7 +156,7 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 </head><body>
 <h1>segft study <code>{e(report.study_id)}</code></h1>
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
-<code>{e(redact(report.tracking_uri))}</code>; data digest <code>{e(params.get("data_digest", "?"))}</code>;
+<code>{e(redact(report.tracking_uri))}</code>; data digest <code>{e(params.get(schema.DATA_DIGEST_PARAM, "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
 <h2>Champion</h2><p>{e(report.champion.sentence())}</p>
 <h2>Findings</h2><p>Each finding is decided on an interval: yes, no, or undecided when the interval straddles
@@ -191,7 +192,7 @@ def _margin(params: dict[str, str]) -> float:
 
 
 def _grid_arm(tidy: pd.DataFrame) -> str:
-    arms = [a for a in (schema.FINETUNE_ARM, schema.JOINT_ARM, schema.SCRATCH_ARM) if (tidy["arm"] == a).any()]
+    arms = [a for a in schema.TRAINED_ARMS if (tidy["arm"] == a).any()]
     return arms[0] if arms else schema.FINETUNE_ARM
 
 
@@ -236,7 +237,7 @@ def build_report(config: ReportConfig) -> Report:
     page = _page(report, parent.data.params, _runs_table(study), figs, overlay_grid, note)
     files["report.html"] = folder / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
-    client.log_artifacts(parent.info.run_id, str(folder), schema.REPORT_DIR)
+    tracking.log_report(client.tracking_uri, parent.info.run_id, folder)
     return report
 
 

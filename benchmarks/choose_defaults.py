@@ -63,13 +63,15 @@ DATA = {"built-in": "", "dsb2018-two-domains": str(SHARED / "dsb2018-two-domains
 
 def run_variant(data_dir: str, settings: dict, sizes: tuple[int, ...], repeats: int) -> dict:
     """The quick study's fine-tuning arm with ``settings``: per run, its Dice on the pool images it did not train
-    on (the decision), the runs flagged on their selection images (segft.study.flag_candidates: the whole pool and
+    on (the decision), the runs flagged on their selection images (segft.champion.flag_candidates: the whole pool and
     Dataset 1's training images; never test images) and its test Dice (reported only)."""
     from segft import schema
     from segft.config import StudyConfig
     from segft.presets import preset_train_config
     from segft.runs import prepare
-    from segft.study import flag_candidates, plan_runs, run_study, selection_tables
+    from segft.champion import flag_candidates
+    from segft.plan import plan_runs
+    from segft.study import run_study, selection_tables
 
     train = preset_train_config("quick", {"data_dir": data_dir, **settings})
     config = StudyConfig(train=train, sizes=sizes, repeats=repeats, arms=("finetune",), preset="quick",

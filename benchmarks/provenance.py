@@ -9,6 +9,7 @@ The CPU and code facts are ``segft.machine``'s, the same every MLflow run logs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -28,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: explicitly, so the presets, defaults and command line it leads to (written after it) are not part of its code.
 #: Speed and memory depend only on what they time or measure.
 #: What a run logs and where it runs, not what it computes: no results file depends on these.
-_PLUMBING = ("!segft/tracking.py", "!segft/executor.py", "!segft/urls.py", "!segft/mlproject.py", "!segft/pyfunc.py",
-             "!segft/predict.py", "!segft/overlays.py")
+#: (``segft/tracking.py`` is the adapter before it became the package ``segft/tracking/``: older commits hold it.)
+_PLUMBING = ("!segft/tracking/", "!segft/tracking.py", "!segft/executor.py", "!segft/urls.py", "!segft/mlproject.py",
+             "!segft/pyfunc.py", "!segft/predict.py", "!segft/overlays.py")
 _STUDY = ("segft/", *_PLUMBING, "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
           "benchmarks/executor_speed.py")
 CODE = {
@@ -47,7 +49,8 @@ CODE = {
 }
 
 
-def _selected(paths: list[str], code: tuple[str, ...]) -> list[str]:
+def selected(paths: list[str], code: tuple[str, ...]) -> list[str]:
+    """The ``paths`` that ``code`` (a ``CODE`` entry) names, sorted."""
     def names(path: str, entry: str) -> bool:
         return path == entry or (entry.endswith("/") and path.startswith(entry) and path.endswith(".py"))
 
@@ -76,7 +79,7 @@ def code_digest(code: tuple[str, ...], commit: str | None = None) -> str:
         paths = git("ls-tree", "-r", "--name-only", commit).decode().splitlines()
         read = lambda path: git("show", f"{commit}:{path}")  # noqa: E731
     digest = hashlib.sha256()
-    for path in _selected(paths, code):
+    for path in selected(paths, code):
         digest.update(path.encode() + b"\0" + read(path) + b"\0")
     return digest.hexdigest()
 
@@ -105,11 +108,33 @@ def provenance(code: str) -> dict[str, object]:
     }
 
 
+#: Certificates of changes that moved no number (``benchmarks/equivalence.py``).
+EQUIVALENCES = ROOT / "benchmarks" / "results" / "equivalences.json"
+
+
+def load_certificates() -> list[dict]:
+    return json.loads(EQUIVALENCES.read_text()) if EQUIVALENCES.exists() else []
+
+
+def accepted_digests(kind: str, digest: str, certificates: list[dict]) -> set[str]:
+    """Every digest of ``kind``'s code that certificates lead to from ``digest`` (itself included)."""
+    reached, frontier = {digest}, [digest]
+    while frontier:
+        current = frontier.pop()
+        for certificate in certificates:
+            step = certificate["digests"].get(kind)
+            if step and step["from"] == current and step["to"] not in reached:
+                reached.add(step["to"])
+                frontier.append(step["to"])
+    return reached
+
+
 def stale_reason(record: dict, name: str) -> str | None:
     """Why the results file ``name`` (its JSON ``record``) no longer matches the code, or None when it does.
 
     A file records the digest of the code it depends on (``provenance``); an older file without one is compared
     through git: the same files at its recorded commit against the working tree (a ``-dirty`` commit cannot be).
+    A change certified to move no number (``EQUIVALENCES``, made by ``benchmarks/equivalence.py``) is not one.
     """
     code = record.get("code") or next((kind for kind in CODE if name.startswith(kind)), "study")
     now = code_digest(CODE[code])
@@ -119,7 +144,8 @@ def stale_reason(record: dict, name: str) -> str | None:
         return f"{name} was made at {record.get('commit')} from uncommitted code, and records no code digest"
     else:
         then = code_digest(CODE[code], record["commit"])
-    if then != now:
+    if now not in accepted_digests(code, then, load_certificates()):
         return (f"{name} was made with other {code} code ({', '.join(CODE[code])}) than the working tree has: "
-                "regenerate it (benchmarks/regenerate_results.sh)")
+                "regenerate it (benchmarks/regenerate_results.sh), or, for a change that should move no number, certify "
+                "that it does not (benchmarks/equivalence.py)")
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from segft import schema
 from segft.data.normalize import NORMALIZATIONS
 
 
@@ -335,10 +336,6 @@ class FinetuneConfig:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
 
 
-#: The arms a study can run beside the raw base model (see ``StudyConfig.arms``).
-ARMS = ("finetune", "scratch", "joint", "threshold")
-
-
 @dataclass(frozen=True)
 class StudyConfig:
     """The ``study`` command: the raw base model, then every arm for every fine-tuning size and repeat.
@@ -367,7 +364,7 @@ class StudyConfig:
     execution: ExecutorConfig = field(default_factory=ExecutorConfig)
     sizes: tuple[int, ...] = (5, 10, 15, 20)
     repeats: int = 5
-    arms: tuple[str, ...] = ("finetune", "scratch", "threshold")
+    arms: tuple[str, ...] = (schema.FINETUNE_ARM, schema.SCRATCH_ARM, schema.THRESHOLD_ARM)
     resample: bool = True
     base_per_repeat: bool = True
     forgetting_margin: float = 0.05
@@ -376,9 +373,9 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
-        unknown = sorted(set(self.arms) - set(ARMS))
+        unknown = sorted(set(self.arms) - set(schema.ARMS))
         if unknown or not self.arms:
-            raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
+            raise ValueError(f"unknown arms {unknown}; choose from {list(schema.ARMS)}")
         if not self.sizes or min(self.sizes) < 1:
             raise ValueError(f"sizes must be positive numbers of images, got {self.sizes}")
         if self.repeats < 1:

@@ -14,7 +14,10 @@ https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html):
   dead one FAILED (an attempt keeps its task's id; tag ``segft.ray_task`` = the session's id and the task's);
 - a task that fails for good: once every task has ended, the driver marks its runs still RUNNING FAILED and
   raises its error (the others' runs are kept, for a resumed study to reuse);
-- the driver interrupted (Ctrl-C, SIGTERM): the tasks are cancelled and their runs marked KILLED.
+- the driver interrupted (Ctrl-C, SIGTERM): the tasks are stopped and their runs marked KILLED. A local instance
+  the driver started is shut down, which ends every worker; ``ray.cancel`` is kept for a cluster or a session
+  that is not ours, because it races a task that is just returning and Ray's task manager then aborts the driver
+  ("Tried to complete task that was not pending", the race of ray-project/ray#54798; seen in CI with Ray 2.60).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def ray_session(config: ExecutorConfig, destination: tracking.Destination, threa
     for number, handler in handlers.items():  # Ray's own would exit (SIGTERM) or abort: keep segft.cli's
         signal.signal(number, handler)
     try:
-        yield RaySession(ray, config, destination, threads)
+        yield RaySession(ray, config, destination, threads, owns_instance=True)
     finally:
         ray.shutdown()
 
@@ -120,6 +123,8 @@ class RaySession:
     config: ExecutorConfig
     destination: tracking.Destination
     threads: int
+    #: Whether this driver started the Ray instance (``ray.init`` without an address): stopping it may end it.
+    owns_instance: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def put(self, value: Any) -> Any:
@@ -144,7 +149,7 @@ class RaySession:
         Raises:
             Exception: The first task's error (by key order) once every task has ended, after the runs left
                 RUNNING by the tasks that failed are marked FAILED. On KeyboardInterrupt the tasks still going are
-                cancelled and their runs marked KILLED.
+                stopped and their runs marked KILLED.
         """
         ray = self.ray
         pending = {ref: key for key, ref in tasks.items()}
@@ -163,9 +168,7 @@ class RaySession:
                         errors[key] = error
                     bar.update()
         except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+            self._stop(list(pending))
             self._end_runs_of(list(pending), "KILLED", "its Ray task was cancelled (the command was stopped)")
             raise
         if errors:
@@ -173,6 +176,15 @@ class RaySession:
             first = errors[min(errors, key=list(tasks).index)]
             raise getattr(first, "cause", None) or first  # the task's own exception, without Ray's wrapper
         return results
+
+    def _stop(self, refs: list[Any]) -> None:
+        """End the tasks of ``refs``: the whole instance when it is ours, else each task (see the module's note)."""
+        if self.owns_instance:
+            self.ray.shutdown()  # its workers exit with their raylet
+            return
+        for ref in refs:
+            self.ray.cancel(ref, force=True)
+        self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
 
     def _end_runs_of(self, refs: list[Any], status: str, reason: str) -> None:
         for ref in refs:

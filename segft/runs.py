@@ -3,12 +3,16 @@
 It reads as its steps: ``prepare`` the data once (load and validate, split, check the fine-tuning sizes against
 the pool, digest, device) before any MLflow run exists; describe a run as a ``RunSpec``; take its starting model
 (``fresh_model``, or ``model_from_base`` after ``load_base``); ``execute`` it: train, evaluate on both test sets
-(and on validation images), log everything and register the model. Finding a base model to reuse
-(``find_base_model``) never trains one: the commands train one explicitly (``train_base``) when there is none.
+(and on validation images), log everything and register the model. Every run — these, the threshold arm's, a
+study's or a tuning study's parent and every tuning trial — opens through ``open_run``, which tags it and logs
+its resolved parameters, the machine and code version, its data digest, split and dataset inputs: a new logged
+field is added there once. Finding a base model to reuse (``find_base_model``) never trains one: the commands
+train one explicitly (``train_base``) when there is none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -16,7 +20,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -74,11 +78,12 @@ class Prepared:
         return dataclasses.replace(self, device=resolve_device(device))
 
 
-def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
+def prepare(config: TrainConfig, n_images: Iterable[int] = (), left_for_validation: int = 0) -> Prepared:
     """Resolve the device, give this process's PyTorch ``config.threads`` (``machine.resolve_threads``: 0 keeps
     its count), check the model settings, load and validate the data (``config.data_dir``, or the built-in data),
-    split it, check that the pool holds every size in ``n_images`` (the one place that does) and digest it: every
-    user error surfaces here, before any MLflow run exists.
+    split it, check that the pool holds every size in ``n_images`` and ``left_for_validation`` images more
+    (``StudySplit.check_sizes``, the one rule) and digest it: every user error surfaces here, before any MLflow
+    run exists.
 
     Raises:
         DataError: For bad files or too few images, in one line naming the culprit.
@@ -89,8 +94,7 @@ def prepare(config: TrainConfig, n_images: Iterable[int] = ()) -> Prepared:
     check_model_config(config.model)
     data = load_data(config.data_dir)
     split = split_study(data, config.split)
-    for n in n_images:
-        split.finetune_subset(n)
+    split.check_sizes(n_images, left_for_validation)
     return Prepared(data, split, data.digest(), device, test_set_inputs(split))
 
 
@@ -99,14 +103,16 @@ class RunSpec:
     """One training run, as the pipeline executes it.
 
     Attributes:
-        role: The run's ``segft.role`` tag (``base``, ``finetune``, ``scratch``, ``joint``).
-        arm: Its ``segft.arm`` tag (``raw`` for a base model).
+        arm: The run's ``segft.arm`` tag: ``raw`` for a base model, else the arm it trains (``finetune``,
+            ``scratch``, ``joint``); its role follows (``role``).
         config: Training settings; logged as parameters.
         train_set: Images to train on.
         registered_name: Registered model to add a version to.
         n_images: Dataset 2 images trained on (0 for a base model); logged.
         run_name: Shown in the MLflow UI.
-        params: More parameters to log (repeat, base model, base key...).
+        base_model_uri: The registered model the run starts from (``model_from_base``), empty for random
+            weights; logged. Only a run from a base model mixes its weights with it (``finetune_mix``).
+        params: More parameters to log (repeat, base key...).
         tags: More run tags (study id, run key, repeat...).
         validation_sets: Image sets, never test images, one per dataset, scored after training (``val_*``
             metrics, one input ``<dataset>-validation`` each): a study picks its champion by them.
@@ -116,19 +122,24 @@ class RunSpec:
             Ray task).
     """
 
-    role: str
     arm: str
     config: TrainConfig
     train_set: ImageSet
     registered_name: str
     n_images: int
     run_name: str
+    base_model_uri: str = ""
     params: dict[str, object] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     validation_sets: tuple[ImageSet, ...] = ()
     nested: bool = False
     new_run: bool = False
     parent_run_id: str | None = None
+
+    @property
+    def role(self) -> str:
+        """The run's ``segft.role`` tag: ``base`` for the raw arm's base model, else its arm."""
+        return schema.ROLE_BASE if self.arm == schema.RAW_ARM else self.arm
 
 
 def fresh_model(config: TrainConfig) -> nn.Module:
@@ -137,29 +148,62 @@ def fresh_model(config: TrainConfig) -> nn.Module:
     return build_model(config.model)
 
 
+@contextlib.contextmanager
+def open_run(run_name: str, tags: dict[str, str], params: dict[str, object], digest: str,
+             inputs: Iterable[tracking.DatasetInput] = (), split: dict[str, list[str]] | None = None,
+             nested: bool = False, new_run: bool = False, run_id: str | None = None,
+             parent_run_id: str | None = None) -> Iterator[str]:
+    """Open a run the way every segft run opens (``tracking.start_run``: it always ends in a final state): tagged
+    with ``tags`` and the data digest; logging ``params``, the machine and code version (``machine.run_params``)
+    and the data digest, the split's file names when given and the dataset ``inputs``. Yields the run's id.
+
+    Args:
+        run_name: Shown in the MLflow UI.
+        tags: The run's tags (role, arm, study id...).
+        params: Its resolved parameters (``tracking.flatten_config`` of its settings, and what else it depends on).
+        digest: The data's digest (``Prepared.digest``).
+        inputs: The parts of the data it used, as dataset inputs.
+        split: ``{part: file names}`` (``tracking.log_split``); None logs no split.
+        nested, new_run, run_id, parent_run_id: Where the run hangs (``tracking.start_run``).
+    """
+    with tracking.start_run(run_name, {**tags, schema.DIGEST_TAG: digest}, new_run=new_run, nested=nested,
+                            run_id=run_id, parent_run_id=parent_run_id) as run:
+        tracking.log_params({**params, **machine.run_params(), schema.DATA_DIGEST_PARAM: digest})
+        if split is not None:
+            tracking.log_split(split)
+        tracking.log_inputs(list(inputs))
+        yield run.info.run_id
+
+
+def mix_with_start(config: TrainConfig, from_base: bool) -> float:
+    """WiSE-FT's share of the trained weights (``finetune_mix``) for a run that starts from a base model; 1 (no
+    mixing) for one that starts from random weights."""
+    return config.finetune_mix if from_base else 1.0
+
+
 def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
-    """Train ``model`` as ``spec`` says in one MLflow run, evaluate it on both test sets (and the validation
-    images), log everything (its data as dataset inputs, each score linked to the data it was computed on; the
-    thread count it trained with, the CPU and the code version: ``segft.machine``) and register it."""
+    """Train ``model`` as ``spec`` says in one MLflow run (``open_run``), evaluate it on both test sets (and the
+    validation images), log everything (each score linked to the data it was computed on; the thread count it
+    trained with, the CPU and the code version: ``segft.machine``) and register it."""
     config, split, device = machine.with_threads(spec.config), prepared.split, prepared.device
     torch.set_num_threads(config.threads)  # the count it logs is the count it runs with, in process or on Ray
     model = model.to(device)
     patches = make_patches(spec.train_set, config.patch_size, device, config.normalization)
-    tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.DIGEST_TAG: prepared.digest,
-            schema.ENCODER_TAG: config.model.encoder, **spec.tags}
+    tags = {schema.ROLE_TAG: spec.role, schema.ARM_TAG: spec.arm, schema.ENCODER_TAG: config.model.encoder,
+            **spec.tags}
     training_input = dataset_input(spec.train_set, "train", schema.TRAINING_CONTEXT)
     validation_inputs = [dataset_input(s, "validation", schema.VALIDATION_CONTEXT) for s in spec.validation_sets]
-    with tracking.start_run(spec.run_name, tags, new_run=spec.new_run, nested=spec.nested,
-                            parent_run_id=spec.parent_run_id) as run:
-        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "n_images": spec.n_images,
-                             **spec.params, "data_digest": prepared.digest, "data_source": spec.train_set.source,
-                             "train_patches": len(patches)})
-        validation = {f"{s.name}_validation": list(s.names) for s in spec.validation_sets}
-        tracking.log_split({**split.file_names(), "train": list(spec.train_set.names), **validation})
-        tracking.log_inputs([training_input, *validation_inputs, *prepared.test_inputs])
+    params = {**tracking.flatten_config(config), schema.N_IMAGES_PARAM: spec.n_images,
+              schema.BASE_MODEL_URI_PARAM: spec.base_model_uri, **spec.params,
+              schema.DATA_SOURCE_PARAM: spec.train_set.source, schema.TRAIN_PATCHES_PARAM: len(patches)}
+    validation = {f"{s.name}_validation": list(s.names) for s in spec.validation_sets}
+    with open_run(spec.run_name, tags, params, prepared.digest,
+                  [training_input, *validation_inputs, *prepared.test_inputs],
+                  {**split.file_names(), "train": list(spec.train_set.names), **validation},
+                  nested=spec.nested, new_run=spec.new_run, parent_run_id=spec.parent_run_id) as run_id:
         train(model, patches, config, description=spec.run_name,
               on_epoch=lambda log: tracking.log_epoch(log.epoch, log.loss, log.branch_counts),
-              mix_with_start=config.finetune_mix if spec.params.get("base_model_uri") else 1.0)
+              mix_with_start=mix_with_start(config, bool(spec.base_model_uri)))
         with tempfile.TemporaryDirectory() as tmp:
             settings = InferenceSettings(config.patch_size, config.overlap, config.normalization)
             checkpoint = save_checkpoint(model, config.model, settings, Path(tmp) / "checkpoint")
@@ -177,12 +221,12 @@ def execute(spec: RunSpec, model: nn.Module, prepared: Prepared) -> RunResult:
                 for item, s in zip(validation_inputs, spec.validation_sets)}, model_id)
         description = describe(spec, metrics, val_metrics)
         tracking.describe_run(description)
-        version_tags = {**tags, "n_images": str(spec.n_images),
+        version_tags = {**tags, schema.DIGEST_TAG: prepared.digest, schema.N_IMAGES_PARAM: str(spec.n_images),
                         **{key: f"{value:.4f}" for key, value in {**metrics, **val_metrics}.items()}}
         model_uri = tracking.register_model(model_id, spec.registered_name, version_tags, description,
                                             REGISTERED_MODEL_DESCRIPTIONS[spec.role])[0]
         tracking.set_model_uri_tag(model_uri)
-    return RunResult(run.info.run_id, model_uri, metrics, val_metrics, val_table)
+    return RunResult(run_id, model_uri, metrics, val_metrics, val_table)
 
 
 #: Descriptions of the registered models, by the role of the run that registers the first version.
@@ -191,7 +235,7 @@ REGISTERED_MODEL_DESCRIPTIONS = {
     **{role: "segft models trained with Dataset 2 images: fine-tuned from a base model (finetune, joint) or from "
              "scratch, tested on both datasets' test images; a study's finetune runs validated on Dataset 2's pool "
              "and Dataset 1's training images, segft finetune's on the pool images it left out."
-       for role in (schema.ROLE_FINETUNE, schema.SCRATCH_ARM, schema.JOINT_ARM)},
+       for role in schema.TRAINED_ARMS},
 }
 
 
@@ -209,7 +253,7 @@ def test_set_inputs(split: StudySplit) -> list[tracking.DatasetInput]:
 
 def describe(spec: RunSpec, metrics: dict[str, float], val_metrics: dict[str, float]) -> str:
     """One paragraph for the run and its model version: what was trained on what, and its Dice."""
-    start = f"from {spec.params['base_model_uri']}" if spec.params.get("base_model_uri") else "from random weights"
+    start = f"from {spec.base_model_uri}" if spec.base_model_uri else "from random weights"
     config = spec.config
     scores = ", ".join(f"{dataset} {metrics[schema.metric_name(schema.TEST, 'dice', dataset)]:.3f}"
                        for dataset in (schema.DATASET1, schema.DATASET2))
@@ -259,7 +303,7 @@ def left_out_of_pool(split: StudySplit, used: Iterable[int]) -> ImageSet | None:
     """The fine-tuning pool's images not at the (0-based) ``used`` positions, or None when all were used.
 
     ``segft finetune`` validates on these: Dataset 2 images the run did not train on, never test images (a study
-    scores its runs on the whole pool instead: ``segft.study.selection_sets``).
+    scores its runs on the whole pool instead: ``segft.champion.selection_sets``).
     """
     used = set(used)
     rest = [i for i in range(len(split.finetune_pool)) if i not in used]
@@ -281,7 +325,7 @@ def base_key(config: TrainConfig, split: StudySplit, digest: str) -> str:
     keyed). A base model is reused only under the same key."""
     config = machine.with_threads(config)
     definition = {
-        "data_digest": digest,
+        schema.DATA_DIGEST_PARAM: digest,
         "split": split.file_names(),
         "model": dataclasses.asdict(config.model),
         "loss": dataclasses.asdict(config.loss),
@@ -297,9 +341,10 @@ def base_spec(config: TrainConfig, registry: RegistryConfig, prepared: Prepared,
     """A base-training run: Dataset 1's training images, registered under ``registry.base_model_name`` with its
     ``base_key``."""
     key = base_key(config, prepared.split, prepared.digest)
-    return RunSpec(role=schema.ROLE_BASE, arm=schema.RAW_ARM, config=config, train_set=prepared.split.base_train,
+    return RunSpec(arm=schema.RAW_ARM, config=config, train_set=prepared.split.base_train,
                    registered_name=registry.base_model_name, n_images=0, run_name=run_name,
-                   params={"repeat": repeat, "base_key": key}, tags={**(tags or {}), schema.BASE_KEY_TAG: key},
+                   params={schema.REPEAT_PARAM: repeat, schema.BASE_KEY_PARAM: key},
+                   tags={**(tags or {}), schema.BASE_KEY_TAG: key},
                    nested=nested, new_run=new_run, parent_run_id=parent_run_id)
 
 
@@ -424,10 +469,11 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     base = base_model_or_train(config.base_model, config.train, config.registry, prepared)
     model, train_config = model_from_base(base, config.train)
     left_out = left_out_of_pool(prepared.split, range(config.n_images))
-    spec = RunSpec(role=schema.ROLE_FINETUNE, arm=schema.FINETUNE_ARM, config=train_config,
+    spec = RunSpec(arm=schema.FINETUNE_ARM, config=train_config,
                    train_set=prepared.split.finetune_subset(config.n_images),
                    registered_name=config.registry.finetuned_model_name, n_images=config.n_images,
                    run_name=f"finetune-n{config.n_images}",
-                   params={"base_model_uri": base.uri, "base_run_id": tracking.model_source_run(base.uri) or ""},
+                   base_model_uri=base.uri,
+                   params={schema.BASE_RUN_ID_PARAM: tracking.model_source_run(base.uri) or ""},
                    validation_sets=(left_out,) if left_out else ())
     return execute(spec, model, prepared)

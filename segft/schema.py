@@ -40,6 +40,60 @@ ERROR_TAG = "segft.error"
 UNFINISHED_RUN_TAG = "segft.unfinished_run"
 BEST_RUN_ID_TAG = "segft.best_run_id"
 
+# ---- run params besides the settings (every settings field is a param of the same name: ``flatten_config``)
+#: Dataset 2 images a run trained on (0 for a base model); also a column of the analysis's tidy table.
+N_IMAGES_PARAM = "n_images"
+#: The repeat a study's run belongs to; also a column of the analysis's tidy table.
+REPEAT_PARAM = "repeat"
+#: The arm a study's run belongs to; also a column of the analysis's tidy table.
+ARM_PARAM = "arm"
+DATA_DIGEST_PARAM = "data_digest"
+#: Where the training images came from (a folder, or the built-in generator and its version).
+DATA_SOURCE_PARAM = "data_source"
+TRAIN_PATCHES_PARAM = "train_patches"
+#: The registered model a run started from (empty: random weights).
+BASE_MODEL_URI_PARAM = "base_model_uri"
+BASE_RUN_ID_PARAM = "base_run_id"
+BASE_KEY_PARAM = "base_key"
+STUDY_ID_PARAM = "study_id"
+TUNING_STUDY_PARAM = "study_name"
+#: What a tuning study tunes: ``base`` or ``finetune``.
+TUNING_TARGET_PARAM = "target"
+TRIAL_NUMBER_PARAM = "trial_number"
+#: Prefix of the params holding a split's file names, one per part (``split_train``...).
+SPLIT_PARAM_PREFIX = "split_"
+
+
+def threshold_polarity_param(dataset: str) -> str:
+    """The polarity (objects brighter or darker) the threshold arm chose for ``dataset``."""
+    return f"threshold_polarity_{dataset}"
+
+
+def threshold_polarity_source_param(dataset: str) -> str:
+    """The images the threshold arm chose ``dataset``'s polarity on (never test images)."""
+    return f"threshold_polarity_chosen_on_{dataset}"
+
+
+# ---- metrics besides ``metric_name``'s per-dataset scores
+#: Mean training loss of an epoch (step = epoch).
+TRAIN_LOSS_METRIC = "train_loss"
+#: A tuning trial's validation Dice (step = epoch).
+TRIAL_DICE_METRIC = "val_dice"
+#: On a tuning study's parent run: the best learning rate so far and its validation Dice (step = trials done).
+BEST_LR_METRIC, BEST_VALUE_METRIC = "best_lr", "best_value"
+
+
+def headline_metric(arm: str, n_images: int, dataset: str) -> str:
+    """On a study's parent run: mean test Dice of an arm and size over its repeats (``raw_n0_test_dice_dataset2``);
+    the report's intervals are ``analysis``'s."""
+    return f"{arm}_n{n_images}_{metric_name(TEST, 'dice', dataset)}"
+
+
+def loss_branch_metric(branch: str) -> str:
+    """How many patches (or batches) of an epoch took a branch of the dynamic loss."""
+    return f"loss_branch_{branch}"
+
+
 # ---- run params recording what results depend on besides settings and data (``segft.machine``)
 #: The resolved PyTorch thread count (``TrainConfig.threads``, logged with the settings).
 THREADS_PARAM = "threads"
@@ -112,6 +166,13 @@ DESCRIPTION_TAG = "mlflow.note.content"
 EVALUATION_CSV = "evaluation/per_image_dice.csv"
 VALIDATION_CSV = "evaluation/val_per_image_dice.csv"
 SPLIT_JSON = "split.json"
+#: A tuning study's Optuna plots (interactive HTML), on its parent run.
+TUNING_PLOTS_DIR = "tuning"
+
+
+def tuning_plot_path(plot: str) -> str:
+    """One of a tuning study's plots: ``tuning/<plot>.html``."""
+    return f"{TUNING_PLOTS_DIR}/{plot}.html"
 REPORT_DIR = "report"
 TEST_DATA_DIR = "test_data"
 #: Where a logged segft pyfunc keeps its checkpoint, inside the model's artifacts.

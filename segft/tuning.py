@@ -34,8 +34,8 @@ from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
 from segft.device import resolve_device
 from segft.inference import SlidingWindowSegmenter
-from segft.runs import (BaseModel, RunResult, base_model_or_train, dataset_input, fresh_model, model_from_base, prepare,
-                        run_base, run_finetune, track_in)
+from segft.runs import (BaseModel, RunResult, base_model_or_train, dataset_input, fresh_model, mix_with_start,
+                        model_from_base, open_run, prepare, run_base, run_finetune, track_in)
 from segft.training import EpochLog, Patches, evaluate, make_patches, mean_dice, train
 from segft.urls import redact, require_driver, storage_with_password
 
@@ -85,15 +85,12 @@ def tuning_sets(split: StudySplit, target: str, n_images: int) -> tuple[ImageSet
         n_images: Fine-tuning images (``finetune`` only).
 
     Raises:
-        ValueError: If no validation image would be left.
+        DataError: If no validation image would be left in the pool (``StudySplit.check_sizes``).
+        ValueError: If fewer than 2 Dataset 1 training images are there to tune base training on.
     """
     if target == schema.ROLE_FINETUNE:
+        split.check_sizes([n_images], left_for_validation=1)
         pool = split.finetune_pool
-        if n_images >= len(pool):
-            raise ValueError(
-                f"tuning fine-tuning with n_images={n_images} needs validation images from the pool of "
-                f"{len(pool)} Dataset 2 images (dataset2_pool_images); choose n_images < {len(pool)}"
-            )
         return split.finetune_subset(n_images), pool.subset(range(n_images, len(pool)))
     images = split.base_train
     if len(images) < 2:
@@ -199,9 +196,15 @@ class _Trials:
         train_config = dataclasses.replace(self.config.train, lr=lr, model=self.model_config)
         tags = {schema.ROLE_TAG: schema.ROLE_TUNE_TRIAL, schema.TUNING_STUDY_TAG: self.study_name,
                 schema.TRIAL_NUMBER_TAG: str(trial.number), schema.TRIAL_STATE_TAG: "RUNNING",
-                schema.DIGEST_TAG: self.digest, schema.ENCODER_TAG: self.model_config.encoder}
-        with tracking.start_run(f"trial-{trial.number}", tags, nested=True, parent_run_id=self.parent_run_id) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                schema.ENCODER_TAG: self.model_config.encoder}
+        torch.set_num_threads(train_config.threads)  # a Ray worker's process too: the count the trial logs
+        params = {**tracking.flatten_config(train_config), schema.TRIAL_NUMBER_PARAM: trial.number,
+                  schema.TUNING_TARGET_PARAM: self.config.target, schema.N_IMAGES_PARAM: self.n_images,
+                  schema.BASE_MODEL_URI_PARAM: self.base_uri, schema.TRAIN_PATCHES_PARAM: len(self.patches)}
+        split = {"train": list(self.train_set.names), "validation": list(self.validation.names)}
+        with open_run(f"trial-{trial.number}", tags, params, self.digest, [self.training_input, self.validation_input],
+                      split, nested=True, parent_run_id=self.parent_run_id) as run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
             try:
                 value = self._train(trial, train_config)
             except optuna.TrialPruned:
@@ -214,18 +217,12 @@ class _Trials:
         return value
 
     def _train(self, trial: optuna.Trial, config: TrainConfig) -> float:
-        """Log the trial's settings and images, train, and return the last validation Dice."""
-        torch.set_num_threads(config.threads)  # a Ray worker's process too: the count the trial logs
-        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "trial_number": trial.number,
-                             "target": self.config.target, "n_images": self.n_images, "base_model_uri": self.base_uri,
-                             "data_digest": self.digest, "train_patches": len(self.patches)})
-        tracking.log_split({"train": list(self.train_set.names), "validation": list(self.validation.names)})
-        tracking.log_inputs([self.training_input, self.validation_input])
+        """Train from the trial's starting model and return the last validation Dice."""
         model = self.start_model(config)
         scores: list[float] = []
         train(model, self.patches, config, on_epoch=self._reporter(trial, model, config, scores),
               description=f"trial {trial.number} lr={config.lr:.2e}",
-              mix_with_start=config.finetune_mix if self.base else 1.0)
+              mix_with_start=mix_with_start(config, self.base is not None))
         return scores[-1]
 
     @functools.cached_property
@@ -253,7 +250,7 @@ class _Trials:
                 return
             dice = mean_dice(evaluate(segmenter, self.validation))
             scores.append(dice)
-            tracking.log_metrics({"val_dice": dice}, step=log.epoch, dataset=self.validation_input)
+            tracking.log_metrics({schema.TRIAL_DICE_METRIC: dice}, step=log.epoch, dataset=self.validation_input)
             trial.report(dice, step=done)
             # after the last epoch there is nothing left to save: the trial completes and counts for the pruner
             if done != config.epochs and trial.should_prune():
@@ -283,7 +280,8 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     train_config = config.train
     storage_url = storage_with_password(config.storage) if config.storage else default_storage(tracking.tracking_uri())
     storage = open_storage(storage_url)  # before any training: a bad storage must not cost a base model first
-    prepared = prepare(train_config)
+    finetuning = config.target == schema.ROLE_FINETUNE
+    prepared = prepare(train_config, [config.n_images] if finetuning else [], left_for_validation=1)
     track_in(config.tracking)
     split, digest, device = prepared.split, prepared.digest, prepared.device
     train_set, validation = tuning_sets(split, config.target, config.n_images)
@@ -297,20 +295,20 @@ def run_tuning(config: TuneConfig, pruner: optuna.pruners.BasePruner | None = No
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                 pruner=pruner or make_pruner(config), load_if_exists=True)
     _check_settings(study, _study_settings(config, base_uri), redact(storage_url))
-    parent_tags = {schema.ROLE_TAG: schema.ROLE_TUNE, schema.TUNING_STUDY_TAG: study_name, schema.DIGEST_TAG: digest,
+    parent_tags = {schema.ROLE_TAG: schema.ROLE_TUNE, schema.TUNING_STUDY_TAG: study_name,
                    schema.ENCODER_TAG: train_config.model.encoder}
-    parent_id = tracking.find_tuning_parent(study_name)
-    with tracking.start_run(f"tune-{study_name}", parent_tags, run_id=parent_id) as parent:
-        tracking.log_params({**tracking.flatten_config(config), **machine.run_params(), "storage": redact(storage_url),
-                             "study_name": study_name, "data_digest": digest, "base_model_uri": base_uri})
-        tracking.log_split({**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)})
+    params = {**tracking.flatten_config(config), "storage": redact(storage_url), schema.TUNING_STUDY_PARAM: study_name,
+              schema.BASE_MODEL_URI_PARAM: base_uri}
+    split_names = {**split.file_names(), "train": list(train_set.names), "validation": list(validation.names)}
+    with open_run(f"tune-{study_name}", parent_tags, params, digest, split=split_names,
+                  run_id=tracking.find_tuning_parent(study_name)) as parent_run_id:
         trials = _Trials(config, study_name, digest, train_set, validation, device, base, model_config,
-                         parent.info.run_id)
+                         parent_run_id)
         if config.execution.executor == "ray":
             _optimize_on_ray(trials, config.storage or default_storage(tracking.tracking_uri()), pruner)
         else:
             study.optimize(trials.objective, n_trials=config.n_trials, timeout=config.timeout or None)
-        result = _log_study_summary(study, study_name, redact(storage_url), parent.info.run_id)
+        result = _log_study_summary(study, study_name, redact(storage_url), parent_run_id)
         best = f"best lr {result.best_lr:.3g} (validation Dice {result.best_value:.4f})" if result.best_lr else "no trial done"
         tracking.describe_run(f"tuning study {study_name}: learning rate of {config.target} between {config.lr_min:g} "
                               f"and {config.lr_max:g}, scored on validation images; {best}.")
@@ -366,8 +364,9 @@ def _study_settings(config: TuneConfig, base_uri: str) -> dict[str, object]:
     where data and device are: the data digest is in the study's name), the search range and the base model."""
     train = {key: value for key, value in tracking.flatten_config(config.train).items()
              if key not in ("lr", "finetune_lr", "data_dir", "device")}
-    return {**train, "target": config.target, "n_images": config.n_images if config.target == schema.ROLE_FINETUNE else 0,
-            "lr_min": config.lr_min, "lr_max": config.lr_max, "base_model_uri": base_uri}
+    n_images = config.n_images if config.target == schema.ROLE_FINETUNE else 0
+    return {**train, schema.TUNING_TARGET_PARAM: config.target, schema.N_IMAGES_PARAM: n_images,
+            "lr_min": config.lr_min, "lr_max": config.lr_max, schema.BASE_MODEL_URI_PARAM: base_uri}
 
 
 def _check_settings(study: optuna.Study, settings: dict[str, object], storage: str) -> None:
@@ -392,13 +391,14 @@ def _log_study_summary(study: optuna.Study, study_name: str, storage: str, paren
     if not states["COMPLETE"]:
         return TuneResult(study_name, storage, parent_run_id, None, None, states)
     best = study.best_trial
-    tracking.log_metrics({"best_lr": best.params["lr"], "best_value": best.value}, step=len(trials))
+    tracking.log_metrics({schema.BEST_LR_METRIC: best.params["lr"], schema.BEST_VALUE_METRIC: best.value},
+                         step=len(trials))
     tracking.set_tags({schema.BEST_TRIAL_TAG: str(best.number),
                        schema.BEST_RUN_ID_TAG: best.user_attrs.get("mlflow_run_id", "")})
     # one tuned parameter: its importance is 1 by construction, so the slice plot shows lr against Dice instead
     tracking.log_figures({
-        "tuning/optimization_history.html": optuna.visualization.plot_optimization_history(study),
-        "tuning/lr_slice.html": optuna.visualization.plot_slice(study, params=["lr"]),
-        "tuning/intermediate_values.html": optuna.visualization.plot_intermediate_values(study),
+        schema.tuning_plot_path("optimization_history"): optuna.visualization.plot_optimization_history(study),
+        schema.tuning_plot_path("lr_slice"): optuna.visualization.plot_slice(study, params=["lr"]),
+        schema.tuning_plot_path("intermediate_values"): optuna.visualization.plot_intermediate_values(study),
     })
     return TuneResult(study_name, storage, parent_run_id, best.params["lr"], best.value, states)

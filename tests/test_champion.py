@@ -15,8 +15,9 @@ from segft.config import StudyConfig
 from segft.data.imageset import ImageSet
 from segft.data.split import StudySplit
 from segft.runs import RunResult
-from segft.study import (Candidate, PlannedRun, candidates_of, choose_champion, flag_candidates, selection_sets,
-                         selection_tables)
+from segft.champion import Candidate, candidates_of, choose_champion, flag_candidates, selection_sets
+from segft.plan import PlannedRun
+from segft.study import selection_tables
 
 POOL = tuple(f"p{i:02d}" for i in range(20))
 #: Per-image Dice that differ from image to image, as real ones do: differences between candidates are paired.

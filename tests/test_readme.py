@@ -69,3 +69,16 @@ def test_the_quick_preset_is_the_recipe_the_committed_choice_chose():
     record = json.loads((readme_tables.RESULTS / "recipe_choice.json").read_text())
     chosen = record["variants"][record["chosen"]]["settings"]
     assert preset_train_config("quick") == with_overrides(TrainConfig(), chosen)
+
+
+def test_a_certified_change_keeps_a_file_fresh_and_only_for_its_kind():
+    """A change ``benchmarks/equivalence.py`` certified to move no number (identical outcomes at both codes)
+    leads from the older digest to the newer, step by step; it is never a shortcut for another kind of file, and
+    an uncertified digest stays stale."""
+    old, middle, new = "a" * 64, "b" * 64, "c" * 64
+    certificates = [{"digests": {"study": {"from": old, "to": middle}}},
+                    {"digests": {"study": {"from": middle, "to": new}, "choice": {"from": "d" * 64, "to": "e" * 64}}}]
+    assert provenance.accepted_digests("study", old, certificates) == {old, middle, new}
+    assert provenance.accepted_digests("study", new, certificates) == {new}
+    assert provenance.accepted_digests("choice", old, certificates) == {old}
+    assert provenance.accepted_digests("speed", old, certificates) == {old}

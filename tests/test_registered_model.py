@@ -23,7 +23,9 @@ from segft import cli
 from segft.config import ModelConfig, SplitConfig, StudyConfig, TrainConfig
 from segft.data.readers import read_images, read_masks
 from segft.data.synthetic import make_microtube_study, write_study
-from segft.study import PlannedRun, candidates_of, choose_champion, run_study, selection_tables
+from segft.champion import candidates_of, choose_champion
+from segft.plan import PlannedRun
+from segft.study import run_study, selection_tables
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from analysis.report import build_report, text_summary
 from segft.config import ReportConfig, StudyConfig
 from segft.data.synthetic import make_microtube_study, write_study
 from segft.presets import preset_train_config
-from segft.study import draw_pool_indices, plan_runs, run_study
+from segft.plan import draw_pool_indices, plan_runs
+from segft.study import run_study
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +80,13 @@ def test_study_runs_hang_under_one_parent(study):
     finetuned = [run for run in children if run.data.tags.get("segft.arm") == "finetune"]
     base_of = {run.data.tags["segft.model_uri"]: run.data.params["repeat"] for run in bases}
     assert all(base_of[run.data.params["base_model_uri"]] == run.data.params["repeat"] for run in finetuned)
+    # the parent's headline numbers: each arm's and size's mean test Dice over the repeats
+    headline = client.get_run(first.parent_run_id).data.metrics
+    dice = [client.get_run(first.runs[f"finetune/n2/r{r}"].run_id).data.metrics["test_dice_dataset2"]
+            for r in range(REPEATS)]
+    assert headline[schema.headline_metric("finetune", 2, "dataset2")] == pytest.approx(sum(dice) / REPEATS)
+    assert {schema.headline_metric("raw", 0, "dataset1"), schema.headline_metric("threshold", 0, "dataset2")} <= set(
+        headline)
 
 
 def test_threshold_polarity_is_chosen_on_training_and_pool_images(study):

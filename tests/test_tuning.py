@@ -117,7 +117,7 @@ def test_n_images_must_leave_validation_images(store, tiny_data, capsys):
     status = cli.main(["tune", "--data-dir", str(tiny_data), "--n-images", "4", "--dataset1-train-images", "4",
                        "--dataset2-pool-images", "4"])
     assert status == 2
-    assert "n_images < 4" in capsys.readouterr().err
+    assert "fine-tuning with n_images=4 and 1 to validate on" in capsys.readouterr().err
     assert store.search_runs([e.experiment_id for e in store.search_experiments()]) == []
 
 

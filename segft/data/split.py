@@ -8,8 +8,11 @@ Test images are never used for training, model selection or early stopping.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Iterable
 
+from segft import schema
 from segft.config import SplitConfig
 from segft.data.dataset import load_study_data, require_images
 from segft.data.imageset import ImageSet, StudyData
@@ -31,15 +34,41 @@ class StudySplit:
     test_dataset1: ImageSet
     test_dataset2: ImageSet
 
-    def finetune_subset(self, n_images: int) -> ImageSet:
-        """The first ``n_images`` of the fine-tuning pool (``n_images`` >= 1 is the config's to check).
+    def check_sizes(self, sizes: Iterable[int], left_for_validation: int = 0) -> None:
+        """The one check of fine-tuning sizes against the pool, which every route takes (``segft.runs.prepare``
+        for ``finetune``, ``study`` and ``tune``; ``finetune_subset``): the pool must hold each size, plus
+        ``left_for_validation`` images a run does not train on (tuning validates on them). That a size is at
+        least 1 is the settings' own rule (``FinetuneConfig``, ``StudyConfig``, ``TuneConfig``).
 
         Raises:
-            DataError: If the pool holds fewer than ``n_images``.
+            DataError: If the pool holds too few images, naming the size and the pool.
         """
-        require_images(self.finetune_pool, n_images, f"fine-tuning with n_images={n_images} (pool of the first "
-                       f"{len(self.finetune_pool)} images)")
+        for n in sizes:
+            validation = f" and {left_for_validation} to validate on" if left_for_validation else ""
+            require_images(self.finetune_pool, n + left_for_validation,
+                           f"fine-tuning with n_images={n}{validation} (pool of the first {len(self.finetune_pool)} "
+                           "images)")
+
+    def finetune_subset(self, n_images: int) -> ImageSet:
+        """The first ``n_images`` of the fine-tuning pool.
+
+        Raises:
+            DataError: If the pool holds fewer than ``n_images`` (``check_sizes``).
+        """
+        self.check_sizes([n_images])
         return self.finetune_pool.subset(range(n_images))
+
+    def joint_train(self, dataset2_images: ImageSet) -> ImageSet:
+        """The ``joint`` arm's training set: Dataset 1's training images, then ``dataset2_images`` (names
+        prefixed with their dataset, so that the logged split says which is which)."""
+        return dataclasses.replace(
+            dataset2_images,
+            name=schema.JOINT_ARM,
+            names=tuple(f"{schema.DATASET1}/{n}" for n in self.base_train.names)
+            + tuple(f"{schema.DATASET2}/{n}" for n in dataset2_images.names),
+            images=self.base_train.images + dataset2_images.images,
+            masks=self.base_train.masks + dataset2_images.masks,
+        )
 
     def test_sets(self) -> tuple[ImageSet, ImageSet]:
         return self.test_dataset1, self.test_dataset2
