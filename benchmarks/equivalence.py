@@ -139,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--since", required=True, help="the commit the results files were made at")
     args = parser.parse_args()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded folder, thousands of them
     with tempfile.TemporaryDirectory() as tmp:
         older = Path(tmp)
         checkout(args.since, older)

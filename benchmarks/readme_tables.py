@@ -140,15 +140,19 @@ def robustness_table(record: dict) -> str:
                      f" | n={r['sizes'][0]}: {r['dataset2_dice_smallest']:.3f}, n={r['sizes'][1]}: "
                      f"{r['dataset2_dice_largest']:.3f} | {r['wall_s'] / 60:.1f} min |")
     differ = []
-    for data in sorted({r["data"] for r in record["studies"]}):
-        studies = [r for r in record["studies"] if r["data"] == data]
+    # a finding is compared between studies of the same arms only: "every trained model gives plausible masks"
+    # covers the scratch arm's models too where it ran
+    for data, arms in sorted({(r["data"], tuple(r["arms"])) for r in record["studies"]}):
+        studies = [r for r in record["studies"] if (r["data"], tuple(r["arms"])) == (data, arms)]
         claims = set().union(*(r["verdicts"] for r in studies))
         for claim in sorted(claims):
             seen = {r["threads"]: r["verdicts"].get(claim, "–") for r in studies}
             if len(set(seen.values())) > 1:
-                differ.append(f"{data}, {claim}: " + ", ".join(f"{v} at {_threads(t)}" for t, v in sorted(seen.items())))
-    agreement = ("The findings are the same at every thread count of each data set." if not differ else
-                 "Findings that differ between thread counts: " + "; ".join(differ) + ".")
+                differ.append(f"{data} ({', '.join(arms)}), {claim}: " +
+                              ", ".join(f"{v} at {_threads(t)}" for t, v in sorted(seen.items())))
+    agreement = ("The findings are the same at every thread count of each data set and set of arms." if not differ
+                 else "Findings that differ between thread counts (studies of the same arms compared): " +
+                 "; ".join(differ) + ".")
     return "\n".join([
         f"`{record['command']}` ({_machine(record)}):", "", *lines, "",
         f"**{record['flagged_finetuned_runs']} of {record['finetuned_runs']}** fine-tuned runs flagged. {agreement}"])

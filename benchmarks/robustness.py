@@ -29,7 +29,8 @@ def study_row(name: str, record: dict) -> dict:
     flagged = sorted({(d["n_images"], d["repeat"]) for d in record["degenerate"] if d["arm"] == FINETUNE})
     dataset2 = {r["n_images"]: r["mean"] for r in finetune}
     return {
-        "file": name, "data": record["data"], "threads": record["threads"], "repeats": record["repeats"],
+        "file": name, "data": record["data"], "arms": record["arms"], "threads": record["threads"],
+        "repeats": record["repeats"],
         "cpu": record["machine"]["cpu"], "torch_cpu_capability": record["machine"].get("torch_cpu_capability"),
         "wall_s": record["wall_s"], "finetuned_runs": len(sizes) * record["repeats"],
         "flagged_finetuned_runs": [f"n={n} r{r}" for n, r in flagged],

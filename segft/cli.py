@@ -75,7 +75,7 @@ def _parser_for(kind: type):
 
 
 def _or_unset(parse):
-    """Wrap a flag parser so that an empty value means "not given" (MLproject passes every parameter)."""
+    """Wrap a flag parser so that an empty value means "not given" (``-P lr=``)."""
     return lambda text: None if text == "" else parse(text)
 
 
@@ -83,7 +83,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, from_preset
     """Add one ``--field-name`` flag per leaf field of dataclass ``cls``, with its default and docs.
 
     Fields of the nested dataclass ``from_preset`` get no default of their own: left out (or empty), they take
-    the value of the chosen preset.
+    the value of the chosen preset. They are also accepted spelled with underscores (``--batch_size``), as
+    ``mlflow run`` passes the parameters an entry point does not declare (``segft.mlproject``).
     """
     preset_fields = {field.name for field, _, _ in _leaf_fields(from_preset)} if from_preset else set()
     for field, kind, doc in _leaf_fields(cls):
@@ -99,6 +100,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, from_preset
             f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=default, help=f"{doc} {note}",
             **switch,
         )
+        if field.name in preset_fields and "_" in field.name:
+            parser.add_argument(f"--{field.name}", dest=field.name, type=parse, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS, **switch)
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:

@@ -2,8 +2,10 @@
 source (``segft mlproject`` rewrites the file; ``tests/test_config.py`` checks that the committed one is current).
 
 Every leaf field of an entry point's config becomes a parameter of the same name with the dataclass default and
-is passed to the flag of the same name; the ``study`` entry point leaves training parameters empty, so that they
-come from its preset.
+is passed to the flag of the same name. The ``study`` entry point does not declare the training parameters, so that
+they come from its preset unless given: ``mlflow run`` passes an undeclared ``-P lr=1e-4`` on as ``--lr 1e-4`` and
+logs it, and segft logs the value of every other one it used (a declared empty default would be logged as ``''``,
+and MLflow refuses to change a logged parameter).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, ReportConfi
 ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
     "base": ("base", BaseConfig, (), "Trains the base model on Dataset 1 and evaluates it on both test sets."),
     "finetune": ("finetune", FinetuneConfig, (), "Fine-tunes a base model with n_images Dataset 2 images."),
-    "study": ("study", StudyConfig, (), "The whole study; training parameters left empty take the preset's value "
-              "(protocol = the original study, quick = minutes on a CPU)."),
+    "study": ("study", StudyConfig, (), "The whole study. Training parameters (epochs, lr, batch_size, ...: every "
+              "flag of `segft study`) are not declared: given with -P they override the preset (protocol = the "
+              "original study, quick = minutes on a CPU), else the preset's value is used and logged."),
     "analyze": ("analyze", ReportConfig, (), "Reads a study back through the MLflow client; empty tracking_uri = "
                 "the one `mlflow run` uses."),
     "tune": ("tune", TuneConfig, ("lr",), "Optuna study of the learning rate on validation images (never test "
@@ -65,14 +68,8 @@ def parameters(entry_point: str) -> dict[str, tuple[str, object]]:
     """``{name: (MLproject type, default)}`` of an entry point."""
     _, cls, excluded, _ = ENTRY_POINTS[entry_point]
     from_preset = {f.name for f, _ in leaf_fields(TrainConfig)} if cls is StudyConfig else set()
-    params = {}
-    for field, kind in leaf_fields(cls):
-        if field.name in excluded:
-            continue
-        kind_name = {int: "int", float: "float"}.get(kind, "string")
-        default = "" if field.name in from_preset else mlproject_default(field_default(field))
-        params[field.name] = ("string" if field.name in from_preset else kind_name, default)
-    return params
+    return {field.name: ({int: "int", float: "float"}.get(kind, "string"), mlproject_default(field_default(field)))
+            for field, kind in leaf_fields(cls) if field.name not in {*excluded, *from_preset}}
 
 
 def _yaml_scalar(value: object) -> str:

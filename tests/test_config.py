@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segft.cli import _leaf_fields, build_parser, config_from_args
+from segft.cli import _leaf_fields, build_parser, config_from_args, study_config_from_args
 from segft.mlproject import field_default as _default
 from segft.config import (BaseConfig, FinetuneConfig, ModelConfig, PredictConfig, ReportConfig, StudyConfig,
                           TrainConfig, TuneConfig)
@@ -39,17 +39,24 @@ def test_committed_mlproject_is_generated_from_the_dataclasses():
 
 @pytest.mark.parametrize("entry_point, config_class", ENTRY_POINTS)
 def test_mlproject_and_dataclass_fields_match_in_both_directions(project, entry_point, config_class):
-    """Every parameter is a field with the field's default, and every field is a parameter (except those that
-    do not apply: tune draws its own lr)."""
+    """Every parameter is a field with the field's default, and every field is a parameter, except those that
+    do not apply (tune draws its own lr) and the study's training parameters, which come from its preset."""
     defaults = dataclass_defaults(config_class)
     parameters = project["entry_points"][entry_point]["parameters"]
-    not_applicable = {"tune": {"lr"}}.get(entry_point, set())
-    assert set(parameters) == set(defaults) - not_applicable
+    not_declared = {"tune": {"lr"}, "study": FROM_PRESET}.get(entry_point, set())
+    assert set(parameters) == set(defaults) - not_declared
     for name, spec in parameters.items():
-        expected = "" if entry_point == "study" and name in FROM_PRESET else defaults[name]
-        if isinstance(expected, bool):
-            expected = str(expected)
+        expected = str(defaults[name]) if isinstance(defaults[name], bool) else defaults[name]
         assert spec["default"] == expected, f"{entry_point}.{name}: MLproject {spec['default']!r} != {expected!r}"
+
+
+def test_study_training_flags_take_the_spelling_mlflow_run_passes_undeclared_parameters_in():
+    """`mlflow run -e study -P batch_size=8` appends `--batch_size 8`: the same flag as --batch-size."""
+    args = build_parser().parse_args(["study", "--preset", "quick", "--batch_size", "8", "--lr", "1e-4"])
+    config = study_config_from_args(args)
+    assert config.train == preset_train_config("quick", {"batch_size": 8, "lr": 1e-4})
+    with pytest.raises(SystemExit):  # the base command declares every parameter: no second spelling there
+        build_parser().parse_args(["base", "--batch_size", "8"])
 
 
 @pytest.mark.parametrize("entry_point, config_class", ENTRY_POINTS)
@@ -61,11 +68,24 @@ def test_mlproject_command_passes_every_parameter_to_its_flag(project, entry_poi
         assert f"--{name.replace('_', '-')} {{{name}}}" in command
 
 
-@pytest.mark.parametrize("entry_point", ["base", "finetune", "study", "tune"])
-@pytest.mark.parametrize("name", ["arch", "loss_scope", "bce_in_every_branch", "weight_bce", "weight_tversky",
-                                  "weight_focal_tversky", "small_foreground"])
+#: Model and loss settings, with a value other than any preset's.
+MODEL_AND_LOSS = {"arch": "paulow", "loss_scope": "patch", "bce_in_every_branch": "true", "weight_bce": "0.5",
+                  "weight_tversky": "0.5", "weight_focal_tversky": "0.5", "small_foreground": "0.1"}
+
+
+@pytest.mark.parametrize("entry_point", ["base", "finetune", "tune"])
+@pytest.mark.parametrize("name", MODEL_AND_LOSS)
 def test_model_and_loss_settings_reach_every_training_entry_point(project, entry_point, name):
     assert name in project["entry_points"][entry_point]["parameters"]
+
+
+@pytest.mark.parametrize("name, value", MODEL_AND_LOSS.items())
+def test_model_and_loss_settings_reach_the_study_as_mlflow_run_passes_them(name, value):
+    """Undeclared in the study entry point: `-P name=value` arrives as `--name value`."""
+    args = build_parser().parse_args(["study", "--preset", "quick", f"--{name}", value])
+    from segft.tracking import flatten_config
+
+    assert str(flatten_config(study_config_from_args(args))[name]).lower() == value
 
 
 @pytest.mark.parametrize("name", ["data_dir", "epochs", "batch_size", "lr", "patch_size", "encoder", "seed"])
@@ -106,7 +126,6 @@ def test_bad_flag_value_is_refused(capsys):
 
 
 def test_study_flags_override_the_preset():
-    from segft.cli import study_config_from_args
 
     args = build_parser().parse_args(["study", "--preset", "quick", "--epochs", "2", "--sizes", "5,20",
                                       "--arms", "finetune,joint", "--resample", "false", "--lr", ""])
@@ -118,7 +137,6 @@ def test_study_flags_override_the_preset():
 
 
 def test_study_defaults_are_the_protocol():
-    from segft.cli import study_config_from_args
 
     assert study_config_from_args(build_parser().parse_args(["study"])) == StudyConfig()
 
@@ -144,7 +162,6 @@ def test_threads_is_a_flag_of_every_training_command(command, config_class):
 
 
 def test_study_threads_flag_overrides_the_preset():
-    from segft.cli import study_config_from_args
 
     assert study_config_from_args(build_parser().parse_args(["study", "--preset", "quick"])).train.threads == 0
     config = study_config_from_args(build_parser().parse_args(["study", "--preset", "quick", "--threads", "2"]))

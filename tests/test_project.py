@@ -1,4 +1,5 @@
-"""End to end: ``base`` then ``finetune`` through ``mlflow run --env-manager local`` into a temporary store."""
+"""End to end: ``base``, ``finetune`` and ``study`` through ``mlflow run --env-manager local`` into a temporary
+store."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from segft import schema
 from segft.data.synthetic import make_microtube_study, write_study
+from segft.presets import PRESETS
 
 PROJECT = Path(__file__).resolve().parents[1]
 #: Tiny but complete: 3 training images, 2 test images per dataset, small patches and model, one epoch.
@@ -63,6 +66,24 @@ def test_finetune_without_a_base_model_trains_one_first_and_adopts_the_mlflow_ru
         _, runs = mlflow_run(tmp_path, [("finetune", {"n_images": "2"})], {**TINY, "data_dir": str(tiny_data)})
         assert [run.data.tags.get("segft.role") for run in runs] == ["finetune", "base"]  # mlflow run's run first
         assert all(run.info.status == "FINISHED" for run in runs)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_study_through_mlflow_run_logs_the_settings_it_used_never_an_empty_string(tmp_path, tiny_data):
+    """The study entry point leaves its training parameters undeclared: one given with -P is logged as given, and
+    the others are logged with the preset's value (issue 21: the parent run logged ``''`` for them)."""
+    try:
+        _, runs = mlflow_run(tmp_path, [("study", {"preset": "quick", "sizes": "1", "repeats": "1",
+                                                   "arms": "finetune", "system_metrics": "false"})],
+                             {**TINY, "data_dir": str(tiny_data)})
+        (parent,) = [run for run in runs if run.data.tags.get(schema.ROLE_TAG) == schema.ROLE_STUDY]
+        params = parent.data.params
+        assert parent.info.status == "FINISHED"
+        assert params["epochs"] == "1" and params["batch_size"] == "8" and params["patch_size"] == "64"  # given
+        for name in ("finetune_lr", "normalization", "freeze", "bce_in_every_branch"):  # from the preset
+            assert params[name] == str(PRESETS["quick"][name]), name
+        assert params["preset"] == "quick"
     finally:
         mlflow.set_tracking_uri(None)
 
