@@ -18,10 +18,9 @@ from typing import Iterator
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from segft.schema import ARM_TAG, EVALUATION_CSV, ROLE_STUDY, ROLE_TAG, RUN_KEY_TAG, STUDY_TAG
-from segft.tracking import search_pages
+from segft.tracking import RunRecord, search_pages
 TIDY_COLUMNS = ["run_id", "arm", "n_images", "repeat", "dataset", "image", "dice"]
 #: Per-image columns a tidy table carries when the runs logged them: pixel counts and the mask's digest.
 COUNT_COLUMNS = ["tp", "fp", "fn", "prediction_digest"]
@@ -32,8 +31,8 @@ class Study:
     """A study's parent run and its finished child runs (one per ``segft.run_key``, the newest)."""
 
     study_id: str
-    parent: Run
-    children: tuple[Run, ...]
+    parent: RunRecord
+    children: tuple[RunRecord, ...]
 
 
 def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
@@ -45,7 +44,7 @@ def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
     return [found.experiment_id]
 
 
-def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str = "") -> Run:
+def find_study_parent(client: MlflowClient, study_id: str = "", experiment: str = "") -> RunRecord:
     """The parent run of study ``study_id``, or of the newest study when ``study_id`` is empty.
 
     Args:
@@ -77,24 +76,24 @@ def read_study(client: MlflowClient, study_id: str = "", experiment: str = "") -
         ValueError: If there is no such study, or it has no finished child runs.
     """
     parent = find_study_parent(client, study_id, experiment)
-    sid = parent.data.tags[STUDY_TAG]
-    runs = search_pages(client, [parent.info.experiment_id],
+    sid = parent.tags[STUDY_TAG]
+    runs = search_pages(client, [parent.experiment_id],
                         f"tags.`{STUDY_TAG}` = '{sid}' and attributes.status = 'FINISHED'")
     children: dict[str, Run] = {}
     for run in runs:
-        key = run.data.tags.get(RUN_KEY_TAG)
-        if key and run.data.tags.get(ROLE_TAG) != ROLE_STUDY and key not in children:
+        key = run.tags.get(RUN_KEY_TAG)
+        if key and run.tags.get(ROLE_TAG) != ROLE_STUDY and key not in children:
             children[key] = run
     if not children:
-        raise ValueError(f"study {sid} (parent run {parent.info.run_id}) has no finished child runs yet")
+        raise ValueError(f"study {sid} (parent run {parent.run_id}) has no finished child runs yet")
     return Study(sid, parent, tuple(children.values()))
 
 
-def run_coordinates(run: Run) -> dict[str, object]:
+def run_coordinates(run: RunRecord) -> dict[str, object]:
     """A child run's place in the study: run_id, arm, n_images, repeat (the raw model: ``raw``, 0, 0)."""
-    tags, params = run.data.tags, run.data.params
+    tags, params = run.tags, run.params
     arm = tags.get(ARM_TAG) or tags.get(ROLE_TAG, "")
-    return {"run_id": run.info.run_id, "arm": arm, "n_images": int(params.get("n_images", 0)),
+    return {"run_id": run.run_id, "arm": arm, "n_images": int(params.get("n_images", 0)),
             "repeat": int(params.get("repeat", 0))}
 
 
@@ -137,13 +136,13 @@ def tidy_table(client: MlflowClient, study: Study) -> pd.DataFrame:
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in study.children:
-            local = download(client, run.info.run_id, EVALUATION_CSV, tmp)
+            local = download(client, run.run_id, EVALUATION_CSV, tmp)
             # Image names such as "004" must stay strings.
             table = pd.read_csv(local, dtype={"dataset": str, "image": str, "prediction_digest": str})
             local.unlink()
             missing = {"dataset", "image", "dice"} - set(table.columns)
             if missing:
-                raise ValueError(f"{EVALUATION_CSV} of run {run.info.run_id} lacks columns {sorted(missing)}")
+                raise ValueError(f"{EVALUATION_CSV} of run {run.run_id} lacks columns {sorted(missing)}")
             extra = [c for c in COUNT_COLUMNS if c in table.columns]  # runs logged before they existed lack them
             frames.append(table[["dataset", "image", "dice", *extra]].assign(**run_coordinates(run)))
     tidy = pd.concat(frames, ignore_index=True)

@@ -50,10 +50,10 @@ class Champion:
     @classmethod
     def of(cls, study: query.Study) -> Champion:
         """Read the champion tags of ``study``'s parent and find the child run that logged the model."""
-        tags = study.parent.data.tags
+        tags = study.parent.tags
         model_uri = tags.get(schema.CHAMPION_TAG, "")
         runs = [query.run_coordinates(r) for r in study.children
-                if model_uri and r.data.tags.get(schema.MODEL_URI_TAG) == model_uri]
+                if model_uri and r.tags.get(schema.MODEL_URI_TAG) == model_uri]
         run = (f"{runs[0]['arm']} n={runs[0]['n_images']} repeat {runs[0]['repeat']} (run {runs[0]['run_id']})"
                if runs else "")
         return cls(model_uri, run, tags.get(schema.CHAMPION_REASON_TAG, ""))
@@ -107,8 +107,8 @@ class Report:
 
 
 def _runs_table(study: query.Study) -> pd.DataFrame:
-    rows = [{"run_key": run.data.tags.get(query.RUN_KEY_TAG, ""), **query.run_coordinates(run),
-             **{k: round(v, 4) for k, v in sorted(run.data.metrics.items()) if k.startswith(("test_dice_", "test_fg_"))}}
+    rows = [{"run_key": run.tags.get(query.RUN_KEY_TAG, ""), **query.run_coordinates(run),
+             **{k: round(v, 4) for k, v in sorted(run.metrics.items()) if k.startswith(("test_dice_", "test_fg_"))}}
             for run in study.children]
     return pd.DataFrame(rows).sort_values(["arm", "n_images", "repeat"], key=summary.arm_first, ignore_index=True)
 
@@ -214,9 +214,9 @@ def build_report(config: ReportConfig) -> Report:
     parent = study.parent
     folder = Path(config.report_dir) / study.study_id
     folder.mkdir(parents=True, exist_ok=True)
-    report = Report(study.study_id, parent.info.run_id, parent.info.experiment_id, client.tracking_uri, folder,
+    report = Report(study.study_id, parent.run_id, parent.experiment_id, client.tracking_uri, folder,
                     tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
-                    findings=summary.findings(tidy, _margin(parent.data.params)),
+                    findings=summary.findings(tidy, _margin(parent.params)),
                     degenerate=summary.degenerate_runs(tidy), champion=Champion.of(study))
     files = report.files  # filled in as they are written
     for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
@@ -225,19 +225,19 @@ def build_report(config: ReportConfig) -> Report:
         files[name] = folder / name
     # the figures live in report.html only: one inlined copy of plotly.js per report is enough
     figs = {"dice_vs_images": figures.dice_vs_images(report.summary, summary.repeat_means(tidy)),
-            "forgetting": figures.forgetting(report.paired_change, _margin(parent.data.params),
+            "forgetting": figures.forgetting(report.paired_change, _margin(parent.params),
                                              summary.repeat_change(tidy))}
     arm = _grid_arm(tidy)
-    headers, rows = grid.load_grid(client, parent.info.run_id, tidy, config.grid_images, arm=arm)
+    headers, rows = grid.load_grid(client, parent.run_id, tidy, config.grid_images, arm=arm)
     overlay_grid = grid.compose_grid(rows, headers)
     files[GRID_FILE] = grid.write_png(overlay_grid, folder / GRID_FILE)
     note = (f"Predictions of the raw model, of Otsu's threshold (when the study ran it) and of arm '{arm}', "
             "repeat 0, at each size: yellow contours; "
             "ground truth: cyan contour. Each prediction panel shows its Dice on that image.")
-    page = _page(report, parent.data.params, _runs_table(study), figs, overlay_grid, note)
+    page = _page(report, parent.params, _runs_table(study), figs, overlay_grid, note)
     files["report.html"] = folder / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
-    tracking.log_report(client.tracking_uri, parent.info.run_id, folder)
+    tracking.log_report(client.tracking_uri, parent.run_id, folder)
     return report
 
 

@@ -656,5 +656,5 @@ def test_report_of_a_missing_study_is_a_clear_error(fake_study_store, tmp_path, 
 def test_read_study_picks_the_study_by_id(fake_study_store):
     client = MlflowClient(fake_study_store.tracking_uri)
     study = query.read_study(client, fake_study_store.study_id)
-    assert study.parent.info.run_id == fake_study_store.parent_run_id
+    assert study.parent.run_id == fake_study_store.parent_run_id
     assert {query.run_coordinates(r)["arm"] for r in study.children} == {"raw", "finetune", "scratch"}

@@ -32,10 +32,10 @@ from segft.tracking.registry import (download_checkpoint, find_model_version, lo
 from segft.tracking.runs import end_run, fail_dead_runs, process_gone, process_tags, start_run, task_tags
 from segft.tracking.search import (FinishedRun, find_tuning_parent, finished_study_runs, read_validation_table,
                                    study_parent_to_resume)
-from segft.tracking.store import once_more, search_pages
+from segft.tracking.store import RunRecord, once_more, search_pages
 
 __all__ = [
-    "MAX_PARAM_LENGTH", "SYSTEM_METRICS_INTERVAL_S", "DatasetInput", "Destination", "FinishedRun",
+    "MAX_PARAM_LENGTH", "SYSTEM_METRICS_INTERVAL_S", "DatasetInput", "Destination", "FinishedRun", "RunRecord",
     "current_experiment_id", "describe_run", "download_checkpoint", "end_run", "fail_dead_runs", "find_model_version",
     "find_tuning_parent", "finished_study_runs", "flatten_config", "load_model", "log_epoch", "log_evaluation",
     "log_figures", "log_images", "log_inputs", "log_metrics", "log_model", "log_params", "log_report", "log_split",

@@ -136,11 +136,11 @@ def fail_dead_runs(filter_string: str, gone: Callable[[dict[str, str]], bool] = 
     client = MlflowClient()
     marked = []
     for run in search_all(f"{filter_string} and attributes.status = 'RUNNING'"):
-        if gone(run.data.tags):
-            host, pid = run.data.tags.get(schema.HOST_TAG), run.data.tags.get(schema.PID_TAG)
-            client.set_tag(run.info.run_id, schema.ERROR_TAG,
+        if gone(run.tags):
+            host, pid = run.tags.get(schema.HOST_TAG), run.tags.get(schema.PID_TAG)
+            client.set_tag(run.run_id, schema.ERROR_TAG,
                            reason or f"process {pid} on {host} ended without ending the run")
-            retire_model_versions(run.info.run_id, status)
-            client.set_terminated(run.info.run_id, status)
-            marked.append(run.info.run_id)
+            retire_model_versions(run.run_id, status)
+            client.set_terminated(run.run_id, status)
+            marked.append(run.run_id)
     return marked

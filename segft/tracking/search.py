@@ -35,23 +35,23 @@ def finished_study_runs(study_id: str) -> dict[str, FinishedRun]:
     runs = search_all(f"tags.`{schema.STUDY_TAG}` = '{study_id}' and attributes.status = 'FINISHED'")
     found: dict[str, FinishedRun] = {}
     for run in runs:
-        key = run.data.tags.get(schema.RUN_KEY_TAG)
+        key = run.tags.get(schema.RUN_KEY_TAG)
         if key and key not in found:
-            found[key] = FinishedRun(run.info.run_id, run.data.tags.get(schema.MODEL_URI_TAG, ""),
-                                     dict(run.data.metrics))
+            found[key] = FinishedRun(run.run_id, run.tags.get(schema.MODEL_URI_TAG, ""),
+                                     dict(run.metrics))
     return found
 
 
 def study_parent_to_resume(study_id: str) -> str | None:
     """The parent run of an earlier start of the same study, to resume under it; None if there is none."""
     runs = search_all(f"tags.`{schema.STUDY_TAG}` = '{study_id}' and tags.`{schema.ROLE_TAG}` = '{schema.ROLE_STUDY}'")
-    return runs[0].info.run_id if runs else None
+    return runs[0].run_id if runs else None
 
 
 def find_tuning_parent(study_name: str) -> str | None:
     """The parent run of an earlier start of tuning study ``study_name``, to resume under it; None if none."""
     runs = search_all(f"tags.`{schema.TUNING_STUDY_TAG}` = '{study_name}' and tags.`{schema.ROLE_TAG}` = '{schema.ROLE_TUNE}'")
-    return runs[0].info.run_id if runs else None
+    return runs[0].run_id if runs else None
 
 
 def read_validation_table(run_id: str) -> pd.DataFrame | None:

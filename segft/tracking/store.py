@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import mlflow
@@ -27,23 +28,47 @@ def once_more(write: Callable[[], T]) -> T:
         return write()
 
 
-def search_all(filter_string: str) -> list[mlflow.entities.Run]:
-    """Every run of every experiment matching ``filter_string``, newest first, following MLflow's pages.
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as plain data, what segft and its analysis read of one: MLflow's own ``Run`` objects stay inside
+    this package.
 
-    MLflow's own ``Run`` objects stay inside the package: its public functions hand out plain data.
+    Attributes:
+        run_id: The MLflow run id.
+        experiment_id: Its experiment.
+        status: ``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``.
+        tags: Its tags (segft's, ``segft.*``, and MLflow's own).
+        params: Its parameters, as the strings MLflow keeps.
+        metrics: The latest value of each of its metrics.
     """
+
+    run_id: str
+    experiment_id: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, run: mlflow.entities.Run) -> RunRecord:
+        return cls(run.info.run_id, run.info.experiment_id, run.info.status, dict(run.data.tags),
+                   dict(run.data.params), dict(run.data.metrics))
+
+
+def search_all(filter_string: str) -> list[RunRecord]:
+    """Every run of every experiment matching ``filter_string``, newest first, following MLflow's pages."""
     client = MlflowClient()
     return search_pages(client, [e.experiment_id for e in client.search_experiments()], filter_string)
 
 
-def search_pages(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[mlflow.entities.Run]:
+def search_pages(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[RunRecord]:
     """Every run of ``experiment_ids`` matching ``filter_string``, newest first, following MLflow's pages (also
     ``analysis.query``'s, with its own client)."""
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
                                   max_results=1000, page_token=token)
-        runs.extend(page)
+        runs.extend(RunRecord.of(run) for run in page)
         token = page.token
         if not token:
             return runs
