@@ -50,6 +50,9 @@ CANARIES = {
         str(SHARED / "dsb2018-fluo-to-brightfield"),
         ["--preset", "quick", *_SMALL, "--sizes", "2", "--repeats", "1", "--arms", "finetune,threshold"]),
 }
+#: Code whose outcomes the canaries do not compare: the intervals and findings computed from the logged runs. A
+#: change to it is never certified (regenerate instead).
+UNCOMPARED = ("analysis/summary.py",)
 #: Logged artifacts that are outcomes (per-image tables, predicted masks); models carry creation times and ids.
 _OUTCOME_ARTIFACTS = ("evaluation/", "predictions/")
 #: Metrics that measure the machine, not the result.
@@ -139,6 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--since", required=True, help="the commit the results files were made at")
     args = parser.parse_args()
+    uncompared = sorted(set(changed_files(args.since)) & set(UNCOMPARED))
+    if uncompared:
+        raise SystemExit(f"{', '.join(uncompared)} changed since {args.since}: the canaries compare what runs log, "
+                         "not the intervals and findings computed from it; regenerate the results files "
+                         "(benchmarks/regenerate_results.sh)")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded folder, thousands of them
     with tempfile.TemporaryDirectory() as tmp:
         older = Path(tmp)

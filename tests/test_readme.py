@@ -82,3 +82,20 @@ def test_a_certified_change_keeps_a_file_fresh_and_only_for_its_kind():
     assert provenance.accepted_digests("study", new, certificates) == {new}
     assert provenance.accepted_digests("choice", old, certificates) == {old}
     assert provenance.accepted_digests("speed", old, certificates) == {old}
+
+
+def test_a_change_to_the_interval_code_is_never_certified(monkeypatch):
+    """The canaries compare what runs log, not the intervals computed from it: a change to analysis/summary.py is
+    refused before any study runs."""
+    import subprocess
+
+    import equivalence
+
+    git = ["git", "-C", str(equivalence.ROOT)]
+    last = subprocess.run([*git, "log", "-1", "--format=%H", "--", "analysis/summary.py"], capture_output=True,
+                          text=True).stdout.strip()
+    if not last or subprocess.run([*git, "rev-parse", "--verify", "-q", f"{last}~1"], capture_output=True).returncode:
+        pytest.skip("no git history of analysis/summary.py in this checkout")
+    monkeypatch.setattr(sys, "argv", ["equivalence.py", "--since", f"{last}~1"])
+    with pytest.raises(SystemExit, match="analysis/summary.py changed"):
+        equivalence.main()
