@@ -2,7 +2,8 @@
 
 The README holds each table between ``<!-- results: <file> -->`` and ``<!-- /results -->``; ``--write`` fills
 them in from the files, and ``tests/test_readme.py`` fails when a block differs from what its file renders, so a
-table can never silently go stale.
+table can never silently go stale. Tables that describe the code rather than a result (the presets) sit between
+``<!-- from-code: <name> -->`` and ``<!-- /from-code -->`` and are rendered from the code the same way.
 
     python benchmarks/readme_tables.py --write
 """
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+CODE_BLOCK = re.compile(r"(<!-- from-code: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /from-code -->)", re.S)
 
 
 def _ci(mean: float, low: float, high: float) -> str:
@@ -218,6 +220,29 @@ RENDERERS = {"study-": study_table, "recipe_choice": recipe_table, "loss_choice"
              "speed-": speed_table, "predict-memory-": predict_memory_table, "executor-": executor_table}
 
 
+def preset_table() -> str:
+    """What each preset sets (``segft.presets``): one row per setting a preset changes, ``protocol``'s value (the
+    original study's, the dataclass default), ``quick``'s, and why ``quick`` sets it."""
+    from segft.presets import PRESETS, QUICK_REASONS, preset_train_config
+    from segft.tracking.log import flatten_config
+
+    values = {name: flatten_config(preset_train_config(name)) for name in PRESETS}
+    settings = list(dict.fromkeys(key for preset in PRESETS.values() for key in preset))
+    rows = ["| setting | " + " | ".join(f"`{name}`" for name in PRESETS) + " | why `quick` sets it |",
+            "|---|" + "---|" * len(PRESETS) + "---|"]
+    for setting in settings:
+        cells = " | ".join(f"`{_setting_value(values[name][setting])}`" for name in PRESETS)
+        rows.append(f"| `{setting}` | {cells} | {QUICK_REASONS.get(setting, '')} |")
+    return "\n".join(rows)
+
+
+def _setting_value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+FROM_CODE = {"presets": preset_table}
+
+
 def render(file: str) -> str:
     """The README block of results file ``file`` (a name in ``benchmarks/results``)."""
     record = json.loads((RESULTS / file).read_text())
@@ -234,6 +259,18 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m["file"], m["body"]) for m in BLOCK.finditer(text)]
 
 
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """``(name, body)`` of every from-code block in a README text."""
+    return [(m["name"], m["body"]) for m in CODE_BLOCK.finditer(text)]
+
+
+def render_code(name: str) -> str:
+    """The README block ``name`` of ``FROM_CODE``."""
+    if name not in FROM_CODE:
+        raise KeyError(f"no README table named {name!r}; known: {sorted(FROM_CODE)}")
+    return FROM_CODE[name]() + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the README's blocks (default: print them)")
@@ -242,9 +279,12 @@ def main() -> None:
     if not args.write:
         for file, _ in blocks(text):
             print(f"--- {file}\n{render(file)}")
+        for name, _ in code_blocks(text):
+            print(f"--- {name}\n{render_code(name)}")
         return
-    README.write_text(BLOCK.sub(lambda m: m.group(1) + render(m["file"]) + m.group(4), text))
-    print(f"rewrote {len(blocks(text))} results blocks in {README}")
+    text = BLOCK.sub(lambda m: m.group(1) + render(m["file"]) + m.group(4), text)
+    README.write_text(CODE_BLOCK.sub(lambda m: m.group(1) + render_code(m["name"]) + m.group(4), text))
+    print(f"rewrote {len(blocks(text))} results blocks and {len(code_blocks(text))} from-code blocks in {README}")
 
 
 if __name__ == "__main__":

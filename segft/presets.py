@@ -30,6 +30,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bce_in_every_branch": True,
     },
 }
+#: Why ``quick`` sets each of its values (the README's preset table, ``benchmarks/readme_tables.py``, shows them).
+QUICK_REASONS: dict[str, str] = {
+    "epochs": "minutes, not hours, for the whole built-in study on a 2-core CPU",
+    "batch_size": "fewer optimizer steps per epoch on a CPU",
+    "lr": "training that starts from no model (base, scratch): 5 epochs need a larger step",
+    "normalization": "the chosen recipe (`recipe_choice.json`): blind to the sign of the contrast, it lets "
+                     "fine-tuning learn the brightfield shift",
+    "finetune_lr": "the chosen recipe: smaller steps from a base model (the one recipe fine-tuning at 1e-3 scored "
+                   "lower, with more flagged runs)",
+    "freeze": "the chosen recipe: nothing frozen (freezing the normalization layers had the most flagged runs)",
+    "bce_in_every_branch": "the chosen recipe: a higher validation Dice than the original rule with the same "
+                           "normalization",
+}
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:

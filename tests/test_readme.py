@@ -22,6 +22,24 @@ def test_readme_table_matches_its_results_file(file, body):
     assert body == readme_tables.render(file), f"README block of {file} is stale: run benchmarks/readme_tables.py --write"
 
 
+@pytest.mark.parametrize("name, body", readme_tables.code_blocks(readme_tables.README.read_text()))
+def test_readme_tables_of_the_code_match_the_code(name, body):
+    assert body == readme_tables.render_code(name), f"README table {name} is stale: run benchmarks/readme_tables.py --write"
+
+
+def test_the_preset_table_shows_every_setting_a_preset_sets_and_why(monkeypatch):
+    from segft import presets
+
+    names = [name for name, _ in readme_tables.code_blocks(readme_tables.README.read_text())]
+    assert "presets" in names
+    table = readme_tables.preset_table()
+    for setting in presets.PRESETS["quick"]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{setting}` |"))
+        assert presets.QUICK_REASONS[setting] in row
+    monkeypatch.setitem(presets.PRESETS, "quick", {**presets.PRESETS["quick"], "epochs": 7})
+    assert "| `epochs` | `100` | `7` |" in readme_tables.preset_table()
+
+
 def test_a_changed_number_is_caught():
     file, body = BLOCKS[0]
     changed = body.replace("0.", "0.9", 1)
