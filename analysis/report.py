@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
-from analysis import figures, grid, plotly_inline, query, summary
+from analysis import figures, grid, plotly_inline, query, record, summary
 from segft import quality, schema, tracking
 from segft.config import ReportConfig
 from segft.urls import redact
@@ -113,8 +113,12 @@ def _runs_table(study: query.Study) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["arm", "n_images", "repeat"], key=summary.arm_first, ignore_index=True)
 
 
-def _table_html(table: pd.DataFrame) -> str:
-    return table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
+def _table_html(table: pd.DataFrame, table_id: str = "") -> str:
+    """A table that scrolls sideways inside its box when wider than the page (the page itself never does)."""
+    html_table = table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t",
+                               table_id=table_id or None)
+    return f'<div class="scroll">{html_table}</div>'
+
 
 
 def _flagged_note(report: Report) -> str:
@@ -137,19 +141,20 @@ def _findings_html(report: Report) -> str:
                                              "agrees": "same verdict"}))
 
 
-def _page(report: Report, params: dict[str, str], runs: pd.DataFrame, figs: dict[str, go.Figure],
-          overlay_grid: np.ndarray, grid_note: str) -> str:
+def _page(report: Report, params: dict[str, str], times: tuple[int | None, int | None], runs: pd.DataFrame,
+          figs: dict[str, go.Figure], overlay_grid: np.ndarray, grid_note: str) -> str:
     """The report page: plotly.js once, then the figures; the grid as a JPEG linking to ``GRID_FILE``."""
     plots = "\n".join(plotly_inline.figure_html(fig, f"figure-{name}") for name, fig in figs.items())
     grid_uri = "data:image/jpeg;base64," + base64.b64encode(grid.encode_jpeg(overlay_grid)).decode()
-    parameters = pd.DataFrame(sorted(params.items()), columns=["parameter", "value"])
     e = html.escape
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>segft study {e(report.study_id)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table.t {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }}
-table.t th, table.t td {{ padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: left; }}
+table.t th, table.t td {{ padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: left;
+  vertical-align: top; overflow-wrap: anywhere; }}
+div.scroll {{ max-width: 100%; overflow-x: auto; }}
 img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
 </style>
 {plotly_inline.loader_html()}
@@ -158,7 +163,12 @@ img.grid {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }
 <p>Parent run <code>{e(report.parent_run_id)}</code> in experiment <code>{e(report.experiment_id)}</code> of
 <code>{e(redact(report.tracking_uri))}</code>; data digest <code>{e(params.get(schema.DATA_DIGEST_PARAM, "?"))}</code>;
 {len(runs)} finished runs; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
-<h2>Champion</h2><p>{e(report.champion.sentence())}</p>
+<h2>Record</h2><p>When, where and with which code the study ran; every setting it used is in
+<a href="#settings">Settings</a>.</p>{_table_html(record.record_table(params, *times), "record-table")}
+<h2>Champion</h2><p>{e(report.champion.sentence())}</p><p>The rule: among the fine-tuned runs, every one scored
+on the same selection images (the Dataset 2 pool and Dataset 1's training images, never a test image), none
+flagged as degenerate on them; the best mean Dataset 2 Dice wins, differences inside the noise of a paired image
+bootstrap are ties, and among tied runs the one trained on the most images wins (<code>segft/champion.py</code>).</p>
 <h2>Findings</h2><p>Each finding is decided on an interval: yes, no, or undecided when the interval straddles
 the bound. A trained run flagged as degenerate cannot carry a finding. {e(_flagged_note(report))}</p>
 {_findings_html(report)}
@@ -167,7 +177,8 @@ the bound. A trained run flagged as degenerate cannot carry a finding. {e(_flagg
 size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
 (The champion rule applies the same test on its selection images, the Dataset 2 pool and Dataset 1's training
 images, never on these.)</p>
-{_table_html(report.degenerate) if not report.degenerate.empty else "<p>None.</p>"}
+{_table_html(record.degenerate_table(report.degenerate), "degenerate-table") if not report.degenerate.empty
+ else "<p>None.</p>"}<p>The full sentences: <code>degenerate_runs.csv</code> beside this page.</p>
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
 <h2>Overlay comparison</h2><p>{e(grid_note)} Shown as a JPEG of at most {grid.INLINE_PIXELS:,} pixels; full
 resolution: <a href="{GRID_FILE}">{GRID_FILE}</a> beside this page (also under <code>report/</code> on the parent
@@ -181,7 +192,9 @@ Wu 1988) and the interval widened by t/z with Satterthwaite degrees of freedom; 
 interval. The dots of the Dice figure are each repeat's own mean.</p>{_table_html(report.summary)}
 <h2>Paired change against the raw model (per test image and repeat)</h2>{_table_html(report.paired_change)}
 <h2>Runs</h2>{_table_html(runs)}
-<h2>Study parameters</h2>{_table_html(parameters)}
+<h2 id="settings">Settings</h2><p>Every setting the study ran with: from its preset
+(<code>{e(params.get("preset", "?"))}</code>), its default, or given explicitly.</p>
+{_table_html(record.settings_table(params), "settings-table")}
 </body></html>
 """
 
@@ -234,7 +247,9 @@ def build_report(config: ReportConfig) -> Report:
     note = (f"Predictions of the raw model, of Otsu's threshold (when the study ran it) and of arm '{arm}', "
             "repeat 0, at each size: yellow contours; "
             "ground truth: cyan contour. Each prediction panel shows its Dice on that image.")
-    page = _page(report, parent.params, _runs_table(study), figs, overlay_grid, note)
+    info = client.get_run(parent.run_id).info
+    page = _page(report, parent.params, (info.start_time, info.end_time), _runs_table(study), figs, overlay_grid,
+                 note)
     files["report.html"] = folder / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
     tracking.log_report(client.tracking_uri, parent.run_id, folder)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import math
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -153,6 +154,14 @@ def code_version() -> CodeVersion:
     return CodeVersion(version, commit, bool(commit and changes))
 
 
+def software_params() -> dict[str, str]:
+    """What else a report needs to say where a run ran: the PyTorch version, the CPU cores this process may use
+    and the GPU (``none`` without CUDA)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {schema.TORCH_VERSION_PARAM: torch.__version__, schema.CPU_CORES_PARAM: str(cores), schema.GPU_PARAM: gpu}
+
+
 def run_params() -> dict[str, str]:
     """The machine and code facts every run logs (the thread count is logged with the settings)."""
-    return {**this_machine().params(), **code_version().params()}
+    return {**this_machine().params(), **software_params(), **code_version().params()}

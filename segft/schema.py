@@ -34,6 +34,10 @@ PID_TAG = "segft.pid"
 PID_STARTED_TAG = "segft.pid_started"
 #: The Ray task that runs a run (``--executor ray``): a retried task first marks its dead attempts' runs FAILED.
 RAY_TASK_TAG = "segft.ray_task"
+#: On a claim (``segft.tracking.claims``): what it claims (``study-<study id>``): one live process at a time.
+CLAIM_TAG = "segft.claim"
+#: On a claim: when its process last said it was alive, in seconds since the epoch.
+HEARTBEAT_TAG = "segft.heartbeat"
 #: Why a run ended FAILED or KILLED, in one line.
 ERROR_TAG = "segft.error"
 #: On a registered model version: the status of its run when that run did not finish (never reused or aliased).
@@ -104,6 +108,12 @@ CPU_MODEL_NUMBER_PARAM = "cpu_model_number"
 CPU_ISA_PARAM = "cpu_isa"
 #: What PyTorch's own kernels dispatch to (``torch.backends.cpu.get_cpu_capability``: ``AVX2``, ``AVX512``...).
 TORCH_CPU_CAPABILITY_PARAM = "torch_cpu_capability"
+#: The PyTorch version (``torch.__version__``).
+TORCH_VERSION_PARAM = "torch_version"
+#: The CPU cores the process may use (its affinity), not the machine's.
+CPU_CORES_PARAM = "cpu_cores"
+#: The CUDA device's name, ``none`` without one.
+GPU_PARAM = "gpu"
 #: segft's package version.
 CODE_VERSION_PARAM = "code_version"
 #: The git commit segft ran from, ``-dirty`` when tracked files had changes; empty outside a checkout.

@@ -598,6 +598,11 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert "models:/segft-finetuned/7, logged by finetune n=4 repeat 1" in champion and REASON in champion
     assert "No trained run is flagged as degenerate" in page and "without flagged runs" not in page
     assert page.count(figures.PER_REPEAT) >= 2  # the dots of both figures
+    record_section = page.split("<h2>Record</h2>")[1].split("<h2>")[0]
+    assert "<td>preset</td>" in record_section and "<td>wall time</td>" in record_section
+    assert "(not recorded)" in record_section  # the fake parent logged no machine facts
+    settings = page.split('<h2 id="settings">Settings</h2>')[1]
+    assert "<td>epochs</td>" in settings and "<td>given</td>" in settings and "<td></td>" not in settings
 
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent_run_id, "report")}
     assert {f"report/{name}" for name in report.files} <= logged

@@ -230,6 +230,31 @@ def test_the_report_draws_its_figures_and_grid_in_a_browser_without_errors(study
     assert errors == []
 
 
+def test_the_report_is_the_studys_record_in_a_browser(study, chromium):
+    """The settings table has no empty value, the champion is named, the machine and the code version are there,
+    and no table makes the page wider than the window."""
+    config, first, _, report, _ = study
+    chromium.get((report.directory / "report.html").as_uri())
+    cells = _wait(chromium, lambda b: b.execute_script(
+        "const t = document.getElementById('settings-table');"
+        "return t ? [...t.querySelectorAll('tbody tr')].map(r => [...r.cells].map(c => c.innerText.trim())) : false;"))
+    assert len(cells) > 40 and all(all(cell for cell in row) for row in cells)
+    settings = {row[1]: row for row in cells}
+    assert settings["epochs"][2:] == ["1", "given"] and settings["preset"][2] == config.preset
+    facts = dict(chromium.execute_script(
+        "return [...document.getElementById('record-table').querySelectorAll('tbody tr')]"
+        ".map(r => [r.cells[0].innerText, r.cells[1].innerText]);"))
+    assert facts["preset"] == config.preset and "(not recorded)" not in facts.values()
+    assert facts["CPU"].startswith(machine.this_machine().cpu_model)
+    assert facts["segft version"] == machine.code_version().version and facts["torch"] == torch.__version__
+    champion = chromium.execute_script(
+        "const h = [...document.querySelectorAll('h2')].find(h => h.innerText === 'Champion');"
+        "return h.nextElementSibling.innerText;")
+    assert (first.champion in champion) if first.champion else champion.startswith("none.")
+    assert chromium.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;")
+    chromium.save_screenshot(str(SCREENSHOTS / "report-record.png"))
+
+
 def test_the_mlflow_ui_shows_the_study_as_model_training_runs_with_datasets_and_named_models(study, mlflow_server,
                                                                                              chromium):
     """The link the study's summary prints opens the experiment's runs in model-training mode: MLflow 3.17's UI
