@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
-from analysis import figures, grid, plotly_inline, query, record, summary
+from analysis import curve, figures, grid, plotly_inline, query, record, summary
 from segft import quality, schema, tracking
 from segft.config import ReportConfig
 from segft.urls import redact
@@ -76,8 +76,8 @@ class Report:
         experiment_id: The experiment holding the study.
         tracking_uri: The tracking store read (MLflow's default resolved when none was given).
         directory: Local folder holding the files below (``<report_dir>/<study_id>``).
-        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv, degenerate_runs.csv and
-            grid.png.
+        files: ``{name: path}`` of report.html, tidy.csv, summary.csv, paired_change.csv, degenerate_runs.csv,
+            learning_curve.csv and grid.png.
         tidy: One row per run × dataset × test image (``analysis.query.TIDY_COLUMNS``).
         summary: ``analysis.summary.summarize`` of ``tidy``.
         paired_change: ``analysis.summary.paired_change`` of ``tidy``.
@@ -85,6 +85,8 @@ class Report:
             runs flagged as degenerate.
         degenerate: ``analysis.summary.degenerate_runs`` of ``tidy``.
         champion: The model the study recommends and why (``Champion``).
+        curves: The learning curve of every trained arm run at 3 sizes or more (``analysis.curve``), fitted
+            without the trained runs flagged as degenerate.
     """
 
     study_id: str
@@ -99,6 +101,7 @@ class Report:
     findings: pd.DataFrame = field(default_factory=pd.DataFrame)
     degenerate: pd.DataFrame = field(default_factory=pd.DataFrame)
     champion: Champion = field(default_factory=Champion)
+    curves: list[curve.CurveAnswer] = field(default_factory=list)
 
     @property
     def html(self) -> Path:
@@ -174,12 +177,14 @@ the bound. A trained run flagged as degenerate cannot carry a finding. {e(_flagg
 {_findings_html(report)}
 <h2>Runs flagged as degenerate</h2><p>Predicted foreground over {quality.DEGENERATE_RATIO:g}x or under
 1/{quality.DEGENERATE_RATIO:g} of the true foreground on a test set (fg_ratio), or exactly the same masks as another
-size of the same arm and repeat. A flagged raw model shows the domain shift; a flagged trained model did not learn.
+size of the same arm and repeat. A flagged raw model shows the domain shift; a trained model flagged on the data
+it trained on did not learn it, and a fine-tuned model flagged on Dataset 1 forgot it.
 (The champion rule applies the same test on its selection images, the Dataset 2 pool and Dataset 1's training
 images, never on these.)</p>
 {_table_html(record.degenerate_table(report.degenerate), "degenerate-table") if not report.degenerate.empty
  else "<p>None.</p>"}<p>The full sentences: <code>degenerate_runs.csv</code> beside this page.</p>
 <h2>Dice and forgetting vs number of Dataset 2 images</h2>{plots}
+<h2>How many images? The learning curve</h2>{_curve_html(report)}
 <h2>Overlay comparison</h2><p>{e(grid_note)} Shown as a JPEG of at most {grid.INLINE_PIXELS:,} pixels; full
 resolution: <a href="{GRID_FILE}">{GRID_FILE}</a> beside this page (also under <code>report/</code> on the parent
 run).</p><img class="grid" alt="overlay grid" src="{grid_uri}">
@@ -197,6 +202,17 @@ interval. The dots of the Dice figure are each repeat's own mean.</p>{_table_htm
 {_table_html(record.settings_table(params), "settings-table")}
 </body></html>
 """
+
+
+def _curve_html(report: Report) -> str:
+    if not report.curves:
+        return (f"<p>A learning curve needs a trained arm run at {curve.MIN_SIZES} sizes or more; this study has "
+                "fewer.</p>")
+    return ("<p>Dataset 2 test Dice against n fitted with Dice(n) = a - b n<sup>-c</sup> by weighted least squares "
+            "(Figueroa et al. 2012), without the trained runs flagged as degenerate; 95% intervals from refitting on "
+            "the study's crossed bootstrap resamples (<code>analysis/curve.py</code>). The back-test fits the "
+            "curve without the largest size and predicts it: how far the extrapolation can be trusted.</p>"
+            + _table_html(curve.curve_table(report.curves), "learning-curve"))
 
 
 def _margin(params: dict[str, str]) -> float:
@@ -230,10 +246,13 @@ def build_report(config: ReportConfig) -> Report:
     report = Report(study.study_id, parent.run_id, parent.experiment_id, client.tracking_uri, folder,
                     tidy=tidy, summary=summary.summarize(tidy), paired_change=summary.paired_change(tidy),
                     findings=summary.findings(tidy, _margin(parent.params)),
-                    degenerate=summary.degenerate_runs(tidy), champion=Champion.of(study))
+                    degenerate=summary.degenerate_runs(tidy), champion=Champion.of(study),
+                    curves=curve.learning_curves(
+                        tidy[~tidy["run_id"].isin(summary.flagged_trained_runs(tidy))], config.dice_target))
     files = report.files  # filled in as they are written
     for name, table in (("tidy.csv", tidy), ("summary.csv", report.summary),
-                        ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate)):
+                        ("paired_change.csv", report.paired_change), ("degenerate_runs.csv", report.degenerate),
+                        ("learning_curve.csv", curve.curve_table(report.curves))):
         table.to_csv(folder / name, index=False)
         files[name] = folder / name
     # the figures live in report.html only: one inlined copy of plotly.js per report is enough
@@ -297,6 +316,9 @@ def text_summary(report: Report) -> str:
         f"  {_flagged_note(report)}",
         *claims,
         *(["Runs flagged as degenerate on test images:", *flagged] if flagged else []),
+        *(["Learning curve (Dataset 2, without flagged runs):", *(f"  {line}" for answer in report.curves
+                                                                   for line in answer.sentences())]
+          if report.curves else []),
         f"Report: {report.html} (also logged on the parent run under report/)",
         _ui_hint(report),
     ])

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from scipy import stats
 
-from analysis import figures, grid, query, summary
+from analysis import curve, figures, grid, query, summary
 from analysis import report as report_module
 from analysis.report import Champion, Report, build_report, text_summary
 from segft import schema
@@ -578,7 +578,7 @@ def test_report_from_a_fake_study(fake_study_store, fake_study_design, tmp_path)
     assert report.findings["agrees"].all()  # the fake study's runs predict plausible masks: none is flagged
 
     assert set(report.files) == {"report.html", "tidy.csv", "summary.csv", "paired_change.csv", "grid.png",
-                                 "degenerate_runs.csv"}
+                                 "degenerate_runs.csv", "learning_curve.csv"}
     assert all(path.parent == tmp_path / "report" / study_id for path in report.files.values())
     image = cv2.imread(str(report.files["grid.png"]))
     columns = 2 + len(design.sizes) + 1
@@ -663,3 +663,16 @@ def test_read_study_picks_the_study_by_id(fake_study_store):
     study = query.read_study(client, fake_study_store.study_id)
     assert study.parent.run_id == fake_study_store.parent_run_id
     assert {query.run_coordinates(r)["arm"] for r in study.children} == {"raw", "finetune", "scratch"}
+
+
+def test_the_report_answers_how_many_images_from_a_study_of_four_sizes(tmp_path):
+    from test_curve import simulate
+
+    tidy = simulate(np.random.default_rng(0)).assign(tp=0, fp=0, fn=0)
+    curves = curve.learning_curves(tidy, target=0.8, n_resamples=100)
+    report = Report("s1", "p1", "0", "sqlite:///mlflow.db", tmp_path, files={"report.html": tmp_path / "r.html"},
+                    tidy=tidy, findings=pd.DataFrame(columns=summary.FINDING_COLUMNS), curves=curves)
+    section = report_module._curve_html(report)
+    assert "learning-curve" in section and "n=40" in section and "images for Dice 0.8" in section
+    text = text_summary(Report(**{**report.__dict__, "summary": summary.summarize(tidy)}))
+    assert "Learning curve (Dataset 2, without flagged runs):" in text and "back-test, fitted on n = 5, 10, 15" in text
