@@ -179,21 +179,25 @@ def speed_table(record: dict) -> str:
 
 
 def predict_memory_table(record: dict) -> str:
-    """Peak resident memory of ``segft predict`` per image size, the fixed overhead, and the criterion."""
-    lines = ["| image | image bytes | windows | peak resident | above the baseline (per pixel) |",
-             "|---|---|---|---|---|"]
+    """Peak resident memory of ``segft predict`` per image size (whole or in strips, and its time), the fixed
+    overhead, the criterion and the bound."""
+    lines = ["| image | image bytes | windows | segmented | time | peak resident | above the baseline (per pixel) |",
+             "|---|---|---|---|---|---|---|"]
     for r in record["sizes"]:
         lines.append(f"| {r['side']} x {r['side']} | {r['image_bytes'] / 2**20:,.0f} MB | {r['windows']:,} | "
+                     f"{'in strips' if r['in_strips'] else 'whole'} | {r['seconds']:,.0f} s | "
                      f"{r['peak_rss_mb']:,.0f} MB | {r['above_baseline_mb']:,.0f} MB "
                      f"({r['bytes_per_pixel_above_baseline']:.1f} bytes) |")
-    c = record["criterion"]
+    c, b = record["criterion"], record["bound"]
     return "\n".join([
         f"`{record['command']}` ({_machine(record)}): the default model, untrained, {record['patch_size']} x "
         f"{record['patch_size']} windows at {record['overlap'] * 100:.0f} % overlap, {record['batch_size']} per batch, "
-        f"one {record['image_dtype']} image per process:", "", *lines, "",
+        f"`--memory-budget-mb {record['memory_budget_mb']}`, one {record['image_dtype']} image per process:", "",
+        *lines, "",
         f"Baseline, a process that imports what `segft predict` imports and loads the model without predicting: "
         f"{record['baseline_rss_mb']:,.0f} MB. Criterion {c['rule']}: {c['peak_mb']:,.0f} MB against "
-        f"{c['limit_mb']:,.0f} MB, **{'met' if c['passed'] else 'not met'}**."])
+        f"{c['limit_mb']:,.0f} MB, **{'met' if c['passed'] else 'not met'}**. Bound {b['rule']}: "
+        f"{b['peak_mb']:,.0f} MB, **{'met' if b['passed'] else 'not met'}**."])
 
 
 def executor_table(record: dict) -> str:

@@ -15,7 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import BaseConfig, FinetuneConfig, PredictConfig, ReportConfig, StudyConfig, TrainConfig, TuneConfig
+from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, PruneConfig, ReportConfig, StudyConfig, TrainConfig,
+                          TuneConfig)
 from segft.data.readers import DataError
 from segft.mlproject import field_default, leaf_fields
 from segft.presets import preset_train_config
@@ -160,6 +161,21 @@ def _run_report(args: argparse.Namespace) -> None:
     print(text_summary(build_report(config_from_args(ReportConfig, args))))
 
 
+def _run_prune(args: argparse.Namespace) -> None:
+    from segft.tracking.prune import prune_models
+
+    config = config_from_args(PruneConfig, args)
+    result = prune_models(config.experiment, config.dry_run)
+    verb = "would delete" if result.dry_run else "deleted"
+    for model in result.deleted:
+        print(f"{verb} {model.name} ({model.size / 1e6:.1f} MB; {', '.join(model.versions) or 'not registered'}; "
+              f"run {model.run_id})")
+    for model in result.kept:
+        print(f"kept {model.name} ({', '.join(model.versions) or 'not registered'}): {model.kept_because}")
+    print(f"{verb} {len(result.deleted)} logged model(s), {result.freed / 1e6:.1f} MB; kept {len(result.kept)}"
+          + ("; a dry run: nothing was deleted" if result.dry_run else "; runs, metrics and reports are untouched"))
+
+
 def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The study's config: the preset's training settings with the explicitly given ones on top."""
     given = {field.name: getattr(args, field.name) for field, _, _ in _leaf_fields(TrainConfig)}
@@ -205,8 +221,33 @@ def _write_mlproject(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} from segft/config.py")
 
 
+class ArgumentError(SystemExit):
+    """A command line argparse refused: exit status 2, its one line already printed (``line``)."""
+
+    def __init__(self, line: str):
+        super().__init__(2)
+        self.line = line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error in one line (``segft: error: <what>; see 'segft base --help'``) and exit status 2,
+    not the usage text above it; unrecognized arguments are reported by the command they were given to."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}", getattr(parsed, "command", None))
+        return parsed
+
+    def error(self, message: str, command: str | None = None) -> typing.NoReturn:
+        where = f"{self.prog} {command}" if command else self.prog
+        line = f"segft: error: {' '.join(message.split())}; see '{where} --help'"
+        print(line, file=sys.stderr)
+        raise ArgumentError(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="segft", description="Generalization and few-image fine-tuning of segmentation models, tracked in MLflow."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("analyze", ReportConfig, _run_report, "read a study back from the tracking server and build its report"),
         ("tune", TuneConfig, _run_tune, "tune the learning rate with Optuna on validation images, in MLflow"),
         ("predict", PredictConfig, _run_predict, "segment image files with a registered model, write mask files"),
+        ("prune", PruneConfig, _run_prune, "delete the logged models no alias, champion or unfinished study needs"),
     ):
         command = commands.add_parser(name, help=help_text, aliases=["report"] if name == "analyze" else [])
         add_config_arguments(command, config_class, from_preset=TrainConfig if name == "study" else None)
@@ -241,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Longest error line ``main`` prints; longer messages are cut (the cause stays on the exception chain).
 MAX_ERROR_LENGTH = 300
 #: Commands that read or write a tracking store (their ``MLFLOW_TRACKING_URI`` is checked first).
-TRACKING_COMMANDS = ("base", "finetune", "study", "analyze", "report", "tune", "predict")
+TRACKING_COMMANDS = ("base", "finetune", "study", "analyze", "report", "tune", "predict", "prune")
 
 
 def one_line(error: BaseException) -> str:
@@ -256,18 +298,26 @@ def one_line(error: BaseException) -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user's input, files, settings or environment cause; anything else is a bug and keeps its traceback."""
-    from mlflow.exceptions import MlflowException
-
-    return DataError, ValueError, KeyError, OSError, MlflowException
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # not imported: nothing raised one (MLflow takes seconds)
+    return DataError, ValueError, KeyError, OSError, *([mlflow_exceptions.MlflowException] if mlflow_exceptions else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segft`` console script.
 
-    Exit status: 0 done; 2 a user error (bad input, file, setting or missing dependency), printed as one line;
-    130 (SIGINT) or 143 (SIGTERM): interrupted, the active MLflow runs ended KILLED.
+    Exit status: 0 done; 2 a user error (bad input, file, setting or missing dependency, unknown flag), printed as
+    one line; 130 (SIGINT) or 143 (SIGTERM): interrupted (base, finetune, study, tune: their active MLflow runs
+    ended KILLED; the other commands start no run). Under ``mlflow run``
+    a refused command line also deletes the run ``mlflow run`` opened for it (``discard_project_run``).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentError as refused:
+        if os.environ.get("MLFLOW_RUN_ID"):
+            from segft.tracking.projects import discard_project_run
+
+            discard_project_run(refused.line)
+        return 2
     received = []
 
     def interrupt(signum: int, frame) -> None:
@@ -278,13 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.command in TRACKING_COMMANDS:
-            from segft.urls import require_driver
+            from segft.urls import check_tracking_server, require_driver
 
             require_driver(os.environ.get("MLFLOW_TRACKING_URI", ""), "MLFLOW_TRACKING_URI")
+            check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""), "MLFLOW_TRACKING_URI")
+            check_tracking_server(getattr(args, "tracking_uri", ""), "tracking_uri")  # analyze's own
         args.handler(args)
     except KeyboardInterrupt:
         number = received[0] if received else signal.SIGINT
-        print(f"segft: interrupted by {number.name}; its MLflow runs ended KILLED", file=sys.stderr)
+        # only what is true of this command: the ones that start MLflow runs end them KILLED; predict, analyze,
+        # prune and the rest start none
+        run_commands = ("base", "finetune", "study", "tune")
+        ended = "; its MLflow runs ended KILLED" if args.command in run_commands else ""
+        print(f"segft: interrupted by {number.name}{ended}", file=sys.stderr)
         return 128 + number
     except _user_errors() as error:
         print(f"segft: error: {one_line(error)}", file=sys.stderr)

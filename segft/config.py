@@ -378,6 +378,8 @@ class StudyConfig:
             raise ValueError(f"unknown arms {unknown}; choose from {list(schema.ARMS)}")
         if not self.sizes or min(self.sizes) < 1:
             raise ValueError(f"sizes must be positive numbers of images, got {self.sizes}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must differ from each other, got {','.join(map(str, self.sizes))}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if not 0 < self.forgetting_margin < 1:
@@ -405,6 +407,10 @@ class PredictConfig:
         batch_size: Windows per forward pass.
         autocast: ``off`` (float32, the default until bfloat16 is checked on a GPU), ``auto`` (bfloat16 on
             CUDA, float32 on CPU) or ``on``.
+        memory_budget_mb: Memory for an image's pixels, beyond the loaded model. A file that would need more
+            to segment whole (about 32 bytes per pixel) is read, segmented and written strip by strip when it is
+            a TIFF, or refused before the model loads when it is a PNG or JPEG or with ``--format png`` or
+            ``--overlays`` (they cannot be streamed).
     """
 
     model: str = "models:/segft-finetuned@champion"
@@ -417,13 +423,14 @@ class PredictConfig:
     threshold: float = 0.5
     batch_size: int = 16
     autocast: str = "off"
+    memory_budget_mb: int = 1024
 
     def __post_init__(self) -> None:
         """Refuse settings that could only fail after the model is loaded.
 
         Raises:
             ValueError: For an unknown format or autocast mode, an overlap outside [0, 1), a threshold outside
-                [0, 1] or a batch size below 1.
+                [0, 1], a batch size below 1 or a memory budget below 1 MB.
         """
         refuse_non_finite(self)
         if self.format not in MASK_FORMATS:
@@ -434,6 +441,8 @@ class PredictConfig:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if not 0 <= self.threshold <= 1 or self.batch_size < 1:
             raise ValueError(f"need 0 <= threshold <= 1 and batch_size >= 1, got {self.threshold}, {self.batch_size}")
+        if self.memory_budget_mb < 1:
+            raise ValueError(f"memory_budget_mb must be at least 1, got {self.memory_budget_mb}")
 
 
 @dataclass(frozen=True)
@@ -447,6 +456,8 @@ class ReportConfig:
         experiment: Experiment name to look in; empty for all experiments.
         report_dir: Local folder for the report.
         grid_images: Test images per dataset shown in the overlay comparison grid.
+        dice_target: The Dataset 2 Dice the learning curve is asked about: how many images reach it
+            (``analysis.curve``).
     """
 
     tracking_uri: str = ""
@@ -454,6 +465,11 @@ class ReportConfig:
     experiment: str = ""
     report_dir: str = "segft-report"
     grid_images: int = 2
+    dice_target: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dice_target < 1:
+            raise ValueError(f"dice_target must be between 0 and 1, got {self.dice_target}")
 
 
 #: What ``tune`` can tune the learning rate of (see ``TuneConfig.target``).
@@ -536,3 +552,17 @@ class TuneConfig:
             raise ValueError(f"n_trials, timeout and pruner_startup_trials must be >= 0, got {self.n_trials}, "
                              f"{self.timeout}, {self.pruner_startup_trials}")
 
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """The ``prune`` command: delete the logged models nothing needs any more, keeping runs, metrics and reports.
+
+    Attributes:
+        experiment: Experiment whose models may be deleted; empty for every experiment. Only models logged by
+            segft's runs are ever deleted, and aliases and champions count in every experiment.
+        dry_run: Only list what would be deleted and the space it would free.
+    """
+
+    experiment: str = ""
+    dry_run: bool = False

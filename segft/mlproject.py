@@ -14,8 +14,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig)
+from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, PruneConfig, ReportConfig, StudyConfig,
+                          TrainConfig, TuneConfig)
 
 #: entry point -> (segft command, config class, fields that do not apply, comment)
 ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
@@ -30,6 +30,8 @@ ENTRY_POINTS: dict[str, tuple[str, type, tuple[str, ...], str]] = {
              "images); each trial draws its own lr."),
     "predict": ("predict", PredictConfig, (), "Segments an image file, TIFF stack or folder with a registered "
                 "model; masks go to `output`."),
+    "prune": ("prune", PruneConfig, (), "Deletes the logged models no alias, champion or unfinished study needs "
+              "(runs, metrics and reports stay); dry_run=true only lists them and the space they hold."),
 }
 HEADER = """name: segft
 

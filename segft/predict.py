@@ -1,7 +1,10 @@
 """``segft predict``: segment image files with a logged or registered model, writing one mask file per input.
 
-Inputs are read by the same readers as training data (``segft.data.readers``: PNG, JPEG, TIFF stacks, 8/16-bit and
-float, colour turned into one channel) and segmented by the model's pyfunc, so a file gets exactly the masks that
+Loading a model runs no code from the store: the model's checkpoint (``model.json`` + weights read with
+``weights_only``) is downloaded and the network rebuilt by the installed segft (``segft.pyfunc.SegmentationModel``),
+never importing the Python files logged with the model. Inputs are read by the same readers as training data
+(``segft.data.readers``: PNG, JPEG, TIFF stacks, 8/16-bit and float, colour turned into one channel) and segmented
+by the code the pyfunc serves, so a file gets exactly the masks that
 ``mlflow.pyfunc.load_model(uri).predict(image)`` gives. Output names map back to the inputs:
 
 * ``--format tif``: ``<stem>_mask.tif``, a multi-page TIFF for a stack (page i = mask of page i);
@@ -12,10 +15,19 @@ float, colour turned into one channel) and segmented by the model's pyfunc, so a
 Masks are uint8, 0 = background and 255 = foreground (any viewer shows them; segft's readers read > 0 as
 foreground). Inputs are never written: the output folder may not be the input folder, and a mask whose path is an
 input's is refused. Existing masks of the same name in the output folder are replaced.
+
+Memory is bounded by ``--memory-budget-mb``, not by the image: a file that would need more to segment whole
+(``segft.strips.BYTES_PER_PIXEL`` per pixel of its largest page, plus the file's pixels as stored) is, if a TIFF,
+read, segmented and written strip by strip (``segft.strips``: the same windows and blending; normalization
+statistics from a subsample above 2048 x 2048 pixels) into a tiled ``<stem>_mask.tif``. What cannot be streamed
+— a PNG or JPEG, a TIFF stored in tall compressed strips, ``--format png``, ``--overlays`` — is refused for such a
+file before the model loads. Every check of inputs, settings and ``--output`` comes before the model loads.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +38,12 @@ from tqdm.auto import tqdm
 
 from segft import tracking
 from segft.config import PredictConfig
+from segft.data.bands import NotInBands, TiffBands, page_shapes
 from segft.data.dataset import natural_key
 from segft.data.readers import DataError, image_files, is_image_file, read_images
 from segft.overlays import contour_overlay, mask_png
+from segft.pyfunc import SegmentationModel
+from segft.strips import BYTES_PER_PIXEL, segment_tiff
 
 MASK_SUFFIX = "_mask"
 OVERLAY_SUFFIX = "_overlay"
@@ -73,13 +88,44 @@ def page_stems(stem: str, n_pages: int) -> list[str]:
     return [stem] if n_pages == 1 else [f"{stem}-p{i:03d}" for i in range(1, n_pages + 1)]
 
 
+def in_strips(path: Path, config: PredictConfig) -> bool:
+    """Whether ``path`` is segmented strip by strip (a TIFF needing more than the memory budget whole), from its
+    header; a file whose header cannot be read is segmented whole (reading it then says what is wrong).
+
+    Raises:
+        DataError: For a file over the budget that cannot be streamed: a PNG or JPEG, a TIFF not readable in
+            bands, or any file with ``--format png`` or ``--overlays``.
+    """
+    pages, budget = page_shapes(path), config.memory_budget_mb * 2**20
+    if not pages:
+        return False
+    needed = sum(page.nbytes for page in pages) + BYTES_PER_PIXEL * max(page.pixels for page in pages)
+    if needed <= budget:
+        return False
+    height, width = pages[0].shape[:2]
+    over = (f"{path}: a {width} x {height} image needs about {needed / 2**20:,.0f} MB to segment whole, over "
+            f"--memory-budget-mb {config.memory_budget_mb}")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise DataError(f"{over}, and only TIFF files are read in strips; convert it to TIFF or raise the budget")
+    if config.format != "tif" or config.overlays:
+        raise DataError(f"{over}, and --format png and --overlays cannot be written in strips; use --format tif "
+                        "without --overlays, or raise the budget")
+    try:
+        with TiffBands(path, budget // 4):
+            return True
+    except NotInBands as error:
+        raise DataError(f"{over}, and it cannot be read in strips: {error}") from error
+
+
 def predict(config: PredictConfig) -> list[Prediction]:
     """Segment every input of ``config`` and write its masks (and overlays) into ``config.output``.
 
     Raises:
-        ValueError: If input or output is missing, the output is the input folder or a file, or the model cannot
-            be loaded or is not a segft model (``segft.checkpoint.CheckpointError`` for a tampered checkpoint).
-        DataError: For unreadable inputs (see ``list_inputs`` and ``segft.data.readers``).
+        ValueError: If input or output is missing, the output is the input folder or a file or cannot be created,
+            or the model cannot be loaded or is not a segft model (``segft.checkpoint.CheckpointError`` for a
+            tampered checkpoint).
+        DataError: For unreadable inputs (see ``list_inputs`` and ``segft.data.readers``) and for files over the
+            memory budget that cannot be streamed (``in_strips``).
     """
     if not config.input or not config.output:
         raise ValueError("predict needs --input (an image file, TIFF stack or folder) and --output (a folder)")
@@ -92,12 +138,16 @@ def predict(config: PredictConfig) -> list[Prediction]:
     if output.exists() and not output.is_dir():
         what = "the input file" if output.resolve() in protected else "a file"
         raise ValueError(f"{output}: --output is {what}, not a folder; give a folder for the masks")
-    model = tracking.load_model(config.model, {"device": config.device, "autocast": config.autocast})
+    streamed = {path for path in inputs if in_strips(path, config)}
+    _make_output_folder(output)
+    model = load_model(config)
     params = {"overlap": config.overlap, "threshold": config.threshold, "batch_size": config.batch_size}
-    output.mkdir(parents=True, exist_ok=True)
     written = []
     with tqdm(total=len(inputs), desc="predict", unit="image") as progress:
         for path in inputs:
+            if path in streamed:
+                written.append(_predict_in_strips(path, model, params, output, config, protected, progress))
+                continue
             images = read_images(path)
             progress.total += len(images) - 1  # a stack counts its pages
             masks = []
@@ -106,6 +156,44 @@ def predict(config: PredictConfig) -> list[Prediction]:
                 progress.update()
             written.append(_write(path, images, masks, output, config, protected))
     return written
+
+
+def load_model(config: PredictConfig) -> SegmentationModel:
+    """The model of ``config.model`` on ``config.device``, rebuilt from its downloaded checkpoint alone: none of
+    the code logged with it is imported (``segft.tracking.download_checkpoint``).
+
+    Raises:
+        ValueError: If the model cannot be downloaded or is not a segft model, or for an unknown device.
+        segft.checkpoint.CheckpointError: If its checkpoint is missing or was tampered with.
+    """
+    with tempfile.TemporaryDirectory(prefix="segft-model-") as folder:
+        checkpoint = tracking.download_checkpoint(config.model, Path(folder))
+        return SegmentationModel(checkpoint, config.device, config.autocast)
+
+
+def _make_output_folder(output: Path) -> None:
+    """Create ``output`` and check that files can be written in it, before the model loads."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise ValueError(f"{output}: --output cannot be created or written ({error.strerror or error}); give a "
+                         "folder you can write to") from error
+
+
+def _predict_in_strips(path: Path, model: SegmentationModel, params: dict[str, float], output: Path,
+                       config: PredictConfig, protected: set[Path], progress: tqdm) -> Prediction:
+    mask_file = output / f"{path.stem}{MASK_SUFFIX}.tif"
+    _refuse_inputs([mask_file], protected)
+    partial = output / f".{mask_file.name}.partial"  # hidden: never read as an image, replaced when complete
+    progress.total += len(page_shapes(path) or [path]) - 1  # a stack counts its pages
+    try:
+        segment_tiff(path, model.segmenter(params), partial, config.memory_budget_mb * 2**20, progress.update)
+        os.replace(partial, mask_file)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Prediction(path, (mask_file,), ())
 
 
 def _write(path: Path, images: list[np.ndarray], masks: list[np.ndarray], output: Path, config: PredictConfig,

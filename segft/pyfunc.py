@@ -115,35 +115,37 @@ class InvalidRequest(MlflowException):
         pass
 
 
-class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
-    """Segments whole images: normalize, sliding window with Gaussian blending, threshold (see the module docs).
+class SegmentationModel:
+    """A segft checkpoint loaded to segment whole images: what the pyfunc serves and ``segft predict`` runs.
 
-    ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``auto``: CUDA when
-    present, else CPU) and ``autocast`` (``off``, the default: float32; ``auto``: bfloat16 on CUDA, float32 on CPU; ``on``).
+    Built from the checkpoint folder alone (``model.json`` + weights read with ``weights_only``) by the installed
+    segft: ``segft predict`` builds it without MLflow's loader, so no code logged with a model ever runs.
+
+    Args:
+        checkpoint: The checkpoint folder (``segft.checkpoint``).
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        autocast: ``off`` (float32), ``auto`` (bfloat16 on CUDA, float32 on CPU) or ``on``.
+
+    Raises:
+        ValueError: For an unknown device or autocast mode.
+        segft.checkpoint.CheckpointError: If the checkpoint is missing or was tampered with.
     """
 
-    def load_context(self, context) -> None:
-        config = context.model_config or {}
-        self.device = resolve_device(str(config.get("device", PredictConfig.device)))
-        self.autocast = resolve_autocast(str(config.get("autocast", PredictConfig.autocast)), self.device)
-        self.model, _, self.settings = load_checkpoint(context.artifacts[schema.CHECKPOINT_ARTIFACT], self.device)
+    def __init__(self, checkpoint: str | Path, device: str = PredictConfig.device,
+                 autocast: str = PredictConfig.autocast) -> None:
+        self.device = resolve_device(device)
+        self.autocast = resolve_autocast(autocast, self.device)
+        self.model, _, self.settings = load_checkpoint(Path(checkpoint), self.device)
         self.model.eval()
 
-    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Masks (uint8, 1 = foreground) or probabilities (float32) of the input's image shape.
+    def segmenter(self, params: dict[str, Any] | None = None) -> SlidingWindowSegmenter:
+        """The segmenter for ``predict``'s ``params`` (``overlap``, ``batch_size``, ``threshold``; defaults as in
+        the signature).
 
-        Args:
-            context: Unused (MLflow's model context).
-            model_input: One image, a colour image or a stack (see the module docstring).
-            params: ``overlap``, ``batch_size``, ``threshold``, ``return_probabilities``; MLflow fills in the
-                signature's defaults.
+        Raises:
+            ValueError: For a batch size below 1, a threshold outside [0, 1] or an overlap outside [0, 1).
         """
-        try:
-            return self._segment(model_input, params or {})
-        except ValueError as error:  # bad input or params (DataError included): the client's fault
-            raise InvalidRequest(f"segft: {error}") from error
-
-    def _segment(self, model_input: Any, params: dict[str, Any]) -> np.ndarray:
+        params = params or {}
         segmenter = SlidingWindowSegmenter(
             self.model,
             patch_size=self.settings.patch_size,
@@ -158,10 +160,48 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"need batch_size >= 1 and 0 <= threshold <= 1, got {segmenter.batch_size} and "
                              f"{segmenter.threshold}")
         window_stride(segmenter.patch_size, segmenter.overlap)  # refuses an overlap outside [0, 1)
+        return segmenter
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Masks (uint8, 1 = foreground) or probabilities (float32, ``return_probabilities``) of the input's
+        image shape; ``model_input`` is an image, a colour image or a stack (see the module docstring).
+
+        Raises:
+            ValueError: For a bad input or parameter (``segft.data.readers.DataError`` for refused pixels).
+        """
+        segmenter = self.segmenter(params)
         images, shape_results = as_images(model_input)
-        if params.get("return_probabilities", False):
+        if (params or {}).get("return_probabilities", False):
             return shape_results([segmenter.probabilities(image).astype(np.float32) for image in images])
         return shape_results([segmenter(image).astype(np.uint8) for image in images])
+
+
+class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
+    """Segments whole images (``SegmentationModel``): normalize, sliding window with Gaussian blending, threshold.
+
+    ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``auto``: CUDA when
+    present, else CPU) and ``autocast`` (``off``, the default: float32; ``auto``: bfloat16 on CUDA, float32 on CPU; ``on``).
+    """
+
+    def load_context(self, context) -> None:
+        config = context.model_config or {}
+        self.segmentation = SegmentationModel(context.artifacts[schema.CHECKPOINT_ARTIFACT],
+                                              str(config.get("device", PredictConfig.device)),
+                                              str(config.get("autocast", PredictConfig.autocast)))
+
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Masks (uint8, 1 = foreground) or probabilities (float32) of the input's image shape.
+
+        Args:
+            context: Unused (MLflow's model context).
+            model_input: One image, a colour image or a stack (see the module docstring).
+            params: ``overlap``, ``batch_size``, ``threshold``, ``return_probabilities``; MLflow fills in the
+                signature's defaults.
+        """
+        try:
+            return self.segmentation.predict(model_input, params)
+        except ValueError as error:  # bad input or params (DataError included): the client's fault
+            raise InvalidRequest(f"segft: {error}") from error
 
 
 #: What a logged model's environment installs, pinned to the versions that trained it (``pyfunc_arguments``).

@@ -99,9 +99,11 @@ class StudyResult:
 def run_study(config: StudyConfig) -> StudyResult:
     """Run (or resume) the study described by ``config``; data and sizes are validated before any run starts.
 
-    A resumed study first marks its runs that an earlier, killed start left RUNNING as FAILED
-    (``tracking.fail_dead_runs``), then reuses every finished run and trains the others again: in this process,
-    one after the other, or as Ray tasks (``config.execution``), the base models first, then the arms.
+    One live process runs a study at a time (``tracking.claim``): the same study started while another process
+    runs it waits for that process to end, then resumes it. A resumed study first marks its runs that an earlier,
+    killed start left RUNNING as FAILED (``tracking.fail_dead_runs``), then reuses every finished run and trains
+    the others again: in this process, one after the other, or as Ray tasks (``config.execution``), the base
+    models first, then the arms.
     """
     train = config.train
     executor.check_executor(config.execution)
@@ -111,6 +113,13 @@ def run_study(config: StudyConfig) -> StudyResult:
     track_in(config.tracking)
     sid = study_id(config, prepared.digest)
     plan = plan_runs(config, len(prepared.split.finetune_pool))
+    with tracking.claim(f"study-{sid}"):
+        return _run_claimed(config, prepared, sid, plan)
+
+
+def _run_claimed(config: StudyConfig, prepared: Prepared, sid: str, plan: list[PlannedRun]) -> StudyResult:
+    """``run_study`` once this process holds the study's claim: resume or start its parent run, then run it."""
+    train = config.train
     tracking.fail_dead_runs(f"tags.`{schema.STUDY_TAG}` = '{sid}'")  # an earlier start killed mid-run
     finished = {key: _as_result(run) for key, run in tracking.finished_study_runs(sid).items()}
     parent_tags = {schema.ROLE_TAG: schema.ROLE_STUDY, schema.STUDY_TAG: sid}

@@ -100,13 +100,16 @@ def tuning_sets(split: StudySplit, target: str, n_images: int) -> tuple[ImageSet
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's database storage at ``url``, with heartbeats (a killed worker's trial is marked FAIL).
+    """Optuna's database storage at ``url``, with heartbeats (a killed worker's trial is marked FAIL); a local SQLite
+    file is opened under a file lock beside it (``tracking.sqlite_lock``: workers starting together on a new file
+    would all create its tables).
 
     Raises:
         ValueError: In one line, password hidden: the database driver is missing or the database cannot be opened.
     """
     require_driver(url, "storage")
-    with warnings.catch_warnings():  # Optuna marks heartbeats experimental and warns on every start
+    # Optuna marks heartbeats experimental and warns on every start
+    with warnings.catch_warnings(), tracking.sqlite_lock(url):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S)

@@ -88,6 +88,9 @@ def _d1(paths: Paths, kind: str = "images") -> Path:
 
 
 CASES = {
+    # ---- the command line (issue 22: argparse printed its usage text above the error)
+    "unknown-flag": Case("base", lambda p: ["--nonsense", "1"], "--nonsense"),
+    "flag-not-a-number": Case("finetune", lambda p: ["--n-images", "two"], "--n-images"),
     # ---- base: settings
     "lr-nan": Case("base", lambda p: ["--lr", "nan"], "lr"),
     "lr-inf": Case("base", lambda p: ["--lr", "inf"], "lr"),
@@ -135,6 +138,7 @@ CASES = {
     "unknown-arm": Case("study", lambda p: ["--arms", "finetune,transfer"], "transfer"),
     "sizes-zero": Case("study", lambda p: ["--sizes", "0,2"], "sizes"),
     "sizes-above-pool": Case("study", lambda p: ["--sizes", "2,5"], "5"),
+    "sizes-repeated": Case("study", lambda p: ["--sizes", "2,2"], "sizes"),  # issue 22: accepted
     "repeats-zero": Case("study", lambda p: ["--repeats", "0"], "repeats"),
     "margin-nan": Case("study", lambda p: ["--forgetting-margin", "nan"], "forgetting_margin"),
     "unknown-preset": Case("study", lambda p: ["--preset", "fast"], "fast"),
@@ -151,6 +155,9 @@ CASES = {
                                    "pg8000"),
     "storage-unopenable": Case("tune", lambda p: ["--storage", f"sqlite:///{p.data}/no/such/dir/optuna.db"],
                                "storage"),
+    "storage-password-with-quotes-and-spaces": Case(  # issue 22: printed in clear
+        "tune", lambda p: ["--storage", f"postgresql+psycopg://segft:se'c\"r @{SECRET}@127.0.0.1:1/optuna"],
+        "segft:***@127.0.0.1:1"),
     "lr-range-reversed": Case("tune", lambda p: ["--lr-min", "1e-2", "--lr-max", "1e-3"], "lr_min"),
     "lr-max-inf": Case("tune", lambda p: ["--lr-max", "inf"], "lr_max"),
     "unknown-target": Case("tune", lambda p: ["--target", "decoder"], "target"),
@@ -192,6 +199,20 @@ CASES = {
                                                  "--output", str(p.out), "--format", "jpeg"], "format", tiny=False),
     "predict-device-gpu0": Case("predict", lambda p: ["--model", str(p.segft_model), "--input", str(p.image),
                                                       "--output", str(p.out), "--device", "gpu0"], "gpu0", tiny=False),
+    # issue 22: --output checked before the model loads; a PNG over the memory budget refused (it cannot be read in
+    # strips); a damaged image in segft's line alone (tests/test_predict.py checks file descriptor 2 as well)
+    "output-cannot-be-created": Case("predict", lambda p: ["--model", str(p.segft_model), "--input", str(p.image),
+                                                           "--output", str(p.image / "masks")], "--output", tiny=False),
+    "png-over-memory-budget": Case("predict", lambda p: ["--model", str(p.segft_model), "--input", str(p.image),
+                                                         "--output", str(p.out), "--memory-budget-mb", "1"],
+                                   "--memory-budget-mb", tiny=False),
+    "memory-budget-zero": Case("predict", lambda p: ["--model", str(p.segft_model), "--input", str(p.image),
+                                                     "--output", str(p.out), "--memory-budget-mb", "0"],
+                               "memory_budget_mb", tiny=False),
+    "truncated-png-in-input-folder": Case(
+        "predict", lambda p: ["--model", str(p.segft_model), "--input", str(p.images), "--output", str(p.out)],
+        "001.png", lambda p: (p.images / "001.png").write_bytes((p.images / "001.png").read_bytes()[:300]),
+        tiny=False),
 }
 
 

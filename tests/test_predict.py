@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
 import cv2
 import mlflow
 import numpy as np
@@ -149,3 +157,121 @@ def test_page_names_match_the_dataset_convention():
 
 def test_default_model_is_the_champion():
     assert PredictConfig().model == "models:/segft-finetuned@champion"
+
+
+# ---- issue 22: a model's code never runs; memory bounded by a budget; --output checked first; bad images in one
+# line; an interrupt says only what is true of predict
+
+
+def _plant(model_folder, marker) -> None:
+    """Append a line that creates ``marker`` to the Python files logged with a model (its models-from-code file
+    and its packaged copy of segft): it would run if anything imported them."""
+    for code in [model_folder / "mlflow_model.py", *sorted((model_folder / "code").rglob("*.py"))]:
+        code.write_text(code.read_text() + f"\nopen({str(marker)!r}, 'w').close()\n")
+
+
+def test_a_tampered_model_folder_runs_no_code(model_path, pyfunc, inputs, tmp_path):
+    model = shutil.copytree(model_path, tmp_path / "tampered")
+    _plant(model, tmp_path / "code-ran")
+    out = tmp_path / "masks"
+    assert _predict(str(model), "--input", inputs / "img1.png", "--output", out) == 0
+    assert not (tmp_path / "code-ran").exists()
+    image = read_images(inputs / "img1.png")[0]
+    np.testing.assert_array_equal(read_masks(out / "img1_mask.tif")[0], pyfunc.predict(image) > 0)
+
+
+def test_a_tampered_registered_model_runs_no_code(model_path, pyfunc, inputs, tmp_path, store, monkeypatch):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(os.path.join(model_path, "artifacts", "checkpoint"), checkpoint)
+    with mlflow.start_run():
+        model_id = tracking.log_model(pyfunc_arguments(checkpoint), "model")
+    mlflow.register_model(f"models:/{model_id}", "segft-base")
+    location = mlflow.get_logged_model(model_id).artifact_location
+    _plant(Path(location.removeprefix("file://")), tmp_path / "code-ran")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
+    out = tmp_path / "masks"
+    assert _predict("models:/segft-base/1", "--input", inputs / "img1.png", "--output", out) == 0
+    assert not (tmp_path / "code-ran").exists()
+    image = read_images(inputs / "img1.png")[0]
+    np.testing.assert_array_equal(read_masks(out / "img1_mask.tif")[0], pyfunc.predict(image) > 0)
+
+
+def test_a_tiff_over_the_memory_budget_is_segmented_in_strips(model_path, pyfunc, tmp_path):
+    """With a 1 MB budget a 2-page 300 x 410 stack is read, segmented and written strip by strip: a tiled mask
+    TIFF with the pyfunc's masks."""
+    stack = (np.random.default_rng(1).random((2, 300, 410)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", stack, photometric="minisblack", compression="zlib", tile=(64, 64))
+    out = tmp_path / "masks"
+    assert _predict(model_path, "--input", tmp_path / "big.tif", "--output", out, "--memory-budget-mb", "1",
+                    "--overlap", "0.25") == 0
+    assert sorted(path.name for path in out.iterdir()) == ["big_mask.tif"]
+    with tifffile.TiffFile(out / "big_mask.tif") as masks:
+        assert len(masks.pages) == 2 and all(page.is_tiled for page in masks.pages)
+    for image, mask in zip(stack, read_masks(out / "big_mask.tif"), strict=True):
+        np.testing.assert_array_equal(mask, pyfunc.predict(image, params={"overlap": 0.25}) > 0)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("big.png", [], "only TIFF files are read in strips"),
+    ("big.jpg", [], "only TIFF files are read in strips"),
+    ("big.tif", ["--format", "png"], "--format png and --overlays cannot be written in strips"),
+    ("big.tif", ["--overlays"], "--format png and --overlays cannot be written in strips"),
+    ("tall-strips.tif", [], "cannot be read in strips: it is compressed in strips of 700 rows"),
+])
+def test_what_cannot_stream_over_the_budget_is_refused_before_the_model_loads(tmp_path, capsys, name, args,
+                                                                               message):
+    image = (np.random.default_rng(2).random((700, 800)) * 255).astype(np.uint8)
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        tifffile.imwrite(path, image, photometric="minisblack", compression="zlib", rowsperstrip=700)
+    else:
+        cv2.imencode(path.suffix, image)[1].tofile(path)
+    budget = "1" if name != "big.tif" else "2"  # 2 MB: decodes the 700-row strips (0.5 MB), refuses the rest
+    status = _predict(str(tmp_path / "no-such-model"), "--input", path, "--output", tmp_path / "out",
+                      "--memory-budget-mb", budget, *args)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and name in line and "--memory-budget-mb" in line and message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_created_is_named_before_the_model_loads(inputs, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    status = _predict(str(tmp_path / "no-such-model"), "--input", inputs, "--output", tmp_path / "a-file" / "masks")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and "a-file/masks: --output cannot be created" in line, line
+
+
+def test_a_truncated_png_gives_segfts_line_alone(model_path, inputs, tmp_path, capfd):
+    """Nothing but segft's one line reaches stderr (file descriptor 2: libpng writes there, not to sys.stderr)."""
+    data = (inputs / "img1.png").read_bytes()
+    (inputs / "img1.png").write_bytes(data[: len(data) // 2])
+    assert _predict(model_path, "--input", inputs, "--output", tmp_path / "masks") == 2
+    lines = [line for line in PROGRESS_BAR.sub("", capfd.readouterr().err).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("segft: error: ") and "img1.png" in lines[0], lines
+
+
+#: A tqdm progress bar (``predict:   0%|    | 0/3 [00:00<?, ?image/s]``), which other text may share a line with.
+PROGRESS_BAR = re.compile(r"[^\r\n|]*\d+%\|[^|\r\n]*\|[^\[\r\n]*\[[^\]\r\n]*\]")
+
+
+def test_sigterm_during_predict_says_nothing_of_runs(model_path, tmp_path, capsys):
+    """SIGTERM once the first mask is written: exit 143, and the message claims no MLflow runs (predict has none)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        _write_png(folder / f"img{i}.png", (np.random.default_rng(i).random((96, 96)) * 255).astype(np.uint8))
+    out = tmp_path / "masks"
+
+    def terminate_once_predicting():
+        deadline = time.time() + 120
+        while not (out.exists() and any(out.glob("*_mask.tif"))) and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=terminate_once_predicting, daemon=True)
+    watcher.start()
+    status = _predict(model_path, "--input", folder, "--output", out)
+    watcher.join()
+    assert status == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "segft: interrupted by SIGTERM"
+    assert 0 < len(list(out.glob("*_mask.tif"))) < 40

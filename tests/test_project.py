@@ -145,3 +145,43 @@ def test_registered_model_segments_whole_images(project_runs, tiny_data):
     stack = np.random.default_rng(0).random((2, 70, 90)).astype(np.float32)
     masks = model.predict(stack)
     assert masks.shape == (2, 70, 90) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+
+
+def _mlflow_run_command(workdir: Path, entry_point: str, params: dict) -> subprocess.CompletedProcess:
+    """``mlflow run`` of one entry point in ``workdir``'s store, as ``mlflow_run`` does, whatever its outcome."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT")},
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", entry_point, "--env-manager", "local",
+               "--experiment-name", "segft-test", *(f"-P{name}={value}" for name, value in params.items())]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_an_unknown_parameter_through_mlflow_run_leaves_no_run_behind(tmp_path):
+    """Issue 22: ``-P nonsense=1`` printed argparse's usage text and left a FAILED run. Now one line, and the run
+    ``mlflow run`` opened is deleted (restorable), its ``segft.error`` tag saying why."""
+    from mlflow.entities import ViewType
+
+    completed = _mlflow_run_command(tmp_path, "base", {"nonsense": "1"})
+    assert completed.returncode != 0
+    ours = [line for line in completed.stderr.splitlines() if line.startswith("segft")]
+    assert ours == ["segft: error: unrecognized arguments: --nonsense 1; see 'segft base --help'"], completed.stderr
+    assert "usage:" not in completed.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segft-test")
+    assert client.search_runs([experiment.experiment_id]) == []
+    (deleted,) = client.search_runs([experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert deleted.info.status == "FAILED" and deleted.data.tags[schema.ERROR_TAG] == ours[0]
+
+
+def test_the_prune_entry_point_lists_what_it_would_delete(project_runs):
+    """``mlflow run -e prune -P dry_run=true`` on the store of one base and one fine-tuned run: no alias, champion
+    or unfinished study needs either model."""
+    client, _ = project_runs
+    workdir = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///")).parent  # project_runs set it
+    completed = _mlflow_run_command(workdir, "prune", {"dry_run": "true"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.strip().splitlines()
+    assert sum(line.startswith("would delete ") for line in lines) == 3, completed.stdout
+    assert lines[-1].startswith("would delete 2 logged model(s),") and lines[-1].endswith("nothing was deleted")
+    assert {v.version for v in client.search_model_versions()} == {1}  # one version of each, left as it was

@@ -202,3 +202,41 @@ def test_unsupported_mask_dtype_names_the_file(tmp_path):
     tifffile.imwrite(path, np.ones((4, 6), np.complex64))
     with pytest.raises(DataError, match=r"cplx\.tif: unsupported pixel type"):
         read_masks(path)
+
+
+def _damaged(kind: str, folder: Path) -> bytes:
+    """A file of ``kind`` damaged as files are in practice: cut short, a flipped bit, garbage in the scan data."""
+    image = (np.random.default_rng(0).random((200, 300)) * 255).astype(np.uint8)
+    png, jpg = (cv2.imencode(suffix, image)[1].tobytes() for suffix in (".png", ".jpg"))
+    if kind == "png cut short":
+        return png[: len(png) // 2]
+    if kind == "png header only":
+        return png[:33]
+    if kind == "png with a bad checksum":
+        return png[:40] + bytes([png[40] ^ 1]) + png[41:]
+    if kind == "jpeg with garbage in its scan":  # libjpeg decodes it, grey-filled, and only says so on stderr
+        return jpg[:1000] + b"\xff\xd0" * 10 + jpg[1020:]
+    tifffile.imwrite(folder / "whole.tif", np.stack([image] * 3), photometric="minisblack", compression="zlib",
+                     tile=(64, 64))
+    data = (folder / "whole.tif").read_bytes()
+    return data[: len(data) // 2]  # "tiff stack cut short": tifffile would return its first page alone
+
+
+DAMAGED_CASES = [  # kind, suffix, what the message says (the library's own complaint, in segft's line)
+    ("png cut short", ".png", "PNG input buffer is incomplete"),
+    ("png header only", ".png", "PNG input buffer is incomplete"),
+    ("png with a bad checksum", ".png", "CRC error"),
+    ("jpeg with garbage in its scan", ".jpg", "Corrupt JPEG data"),
+    ("tiff stack cut short", ".tif", "tifffile: invalid page offset"),
+]
+
+
+@pytest.mark.parametrize("kind, suffix, reason", DAMAGED_CASES)
+def test_a_damaged_file_is_refused_in_segfts_line_alone(tmp_path, capfd, kind, suffix, reason):
+    """No library writes to stderr (file descriptor 2, where libpng and libjpeg write, or through logging) on a
+    damaged file: its complaint is the reason in segft's one line, and a file read in part is refused."""
+    path = tmp_path / f"damaged{suffix}"
+    path.write_bytes(_damaged(kind, tmp_path))
+    with pytest.raises(DataError, match=rf"damaged\{suffix}: unreadable or corrupt image file \(.*{reason}"):
+        read_images(path)
+    assert capfd.readouterr().err == ""

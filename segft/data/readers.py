@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -11,6 +18,11 @@ import tifffile
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: What a decoder says about a file it still decoded that makes the image unusable (libjpeg fills the rest of a
+#: damaged JPEG with grey and only says so on stderr).
+_DAMAGE = re.compile(r"corrupt|premature end", re.IGNORECASE)
+#: The prefix of OpenCV's own log lines (``[ WARN:0@0.04] global grfmt_png.cpp:793 readFromStreamOrBuffer``).
+_OPENCV_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*(global\s+\S+\s+\S+\s+)?")
 
 
 class DataError(ValueError):
@@ -50,6 +62,11 @@ def read_pages(path: str | Path) -> list[np.ndarray]:
     ``photometric="minisblack"``; the file's own metadata decides.
     PNG / JPEG (OpenCV, ``IMREAD_UNCHANGED``): one page; OpenCV's BGR(A) order is turned into RGB(A).
 
+    A damaged file is refused, never read in part, and the libraries' own complaints become the reason in segft's
+    one line instead of lines of their own on stderr: what libpng, libjpeg and OpenCV print while decoding (a JPEG
+    they still decoded is refused when they call it corrupt), and what tifffile logs while reading (it logs when it
+    had to guess: a page list cut short, a stack it could not shape, which it would otherwise return in part).
+
     Raises:
         DataError: The file is missing, its suffix is not in ``IMAGE_SUFFIXES``, or it cannot be decoded.
     """
@@ -71,21 +88,77 @@ def read_pages(path: str | Path) -> list[np.ndarray]:
 
 def _read_tiff(path: Path) -> list[np.ndarray]:
     pages = []
-    with tifffile.TiffFile(path) as tif:
+    with tifffile_log() as messages, tifffile.TiffFile(path) as tif:
         for series in tif.series:
             data, axes = series.asarray(), series.axes
             if "S" in axes:  # samples (colour channels) go last, whether stored interleaved or planar
                 data = np.moveaxis(data, axes.index("S"), -1)
             plane = data.shape[-3:] if "S" in axes else data.shape[-2:]
             pages.extend(data.reshape(-1, *plane))
+    if messages:
+        raise ValueError(f"tifffile: {messages[0]}")
     return pages
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # tifffile starts its messages with the object's repr (``<tifffile.TiffPages @8> invalid page offset``)
+        self.messages.append(re.sub(r"^<[^>]*>\s*", "", " ".join(record.getMessage().split())))
+
+
+@contextmanager
+def tifffile_log() -> Iterator[list[str]]:
+    """The warnings tifffile logs meanwhile, collected instead of printed (Python's last-resort handler would
+    write them to stderr). Not thread-safe: the ``tifffile`` logger is changed for the duration."""
+    logger, collector = logging.getLogger("tifffile"), _Collector()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        logger.removeHandler(collector)
+        logger.propagate = propagate
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """The lines native code (libpng, libjpeg, OpenCV's log) writes to stderr (file descriptor 2) meanwhile,
+    collected instead of printed. Not thread-safe: another thread's stderr output meanwhile is collected too."""
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect (a detached process): nothing to keep from it
+        saved = None
+    if saved is None:
+        yield lines
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read().decode(errors="replace")
+                lines.extend(_OPENCV_LOG_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
 
 
 def _read_opencv(path: Path) -> list[np.ndarray]:
     # imdecode over np.fromfile, not imread: imread cannot open non-ASCII paths on Windows.
-    page = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if page is None:
-        raise ValueError("OpenCV cannot decode it")
+    encoded = np.fromfile(path, dtype=np.uint8)
+    with _native_stderr() as complaints:
+        page = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    damage = [line for line in complaints if _DAMAGE.search(line)]
+    if page is None or damage:
+        raise ValueError((damage or complaints or ["OpenCV cannot decode it"])[0])
     if page.ndim == 3 and page.shape[2] in (3, 4):
         page = cv2.cvtColor(page, cv2.COLOR_BGR2RGB if page.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return [page]
@@ -111,7 +184,34 @@ def _without_alpha(page: np.ndarray, path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported image shape {page.shape}; expected (H, W) or (H, W, C) with C in 1-4")
 
 
-def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
+def supported_page(page: np.ndarray, path: str | Path) -> np.ndarray:
+    """A page with ``to_single_channel``'s pixel type and alpha rules applied, still (H, W) or (H, W, C).
+
+    Raises:
+        DataError: Unsupported dtype or shape.
+    """
+    return _without_alpha(_supported_dtype(page, path), path)
+
+
+def is_grey_colour(page: np.ndarray) -> bool:
+    """True for a colour page (H, W, 3|4) whose three colour channels are equal: grey stored as colour."""
+    return (page.ndim == 3 and page.shape[2] >= 3 and np.array_equal(page[..., 0], page[..., 1])
+            and np.array_equal(page[..., 1], page[..., 2]))
+
+
+def non_finite_pixels(image: np.ndarray) -> int:
+    """How many pixels of a 2-D image are NaN or infinite (0 for integer images)."""
+    return image.size - int(np.isfinite(image).sum()) if image.dtype.kind == "f" else 0
+
+
+def non_finite_error(path: str | Path, bad: int, size: int) -> DataError:
+    """The error for an image ``bad`` of whose ``size`` pixels are NaN or infinite."""
+    return DataError(f"{path}: {bad} of {size} pixels are NaN or infinite; replace them (e.g. by the image's "
+                     "background value) before segmenting or training")
+
+
+def to_single_channel(page: np.ndarray, path: str | Path, grey: bool | None = None,
+                      check_finite: bool = True) -> np.ndarray:
     """One 2-D image from a page, by the same rule for every format.
 
     Rule:
@@ -124,6 +224,11 @@ def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
     Args:
         page: One page from ``read_pages``: (H, W) or (H, W, C), channels in RGB(A) order.
         path: The file it came from, named in error messages.
+        grey: Whether a colour page is grey stored as colour; None decides from the page itself
+            (``is_grey_colour``). A page read in strips passes the decision taken over the whole page, so that every
+            strip follows the same rule.
+        check_finite: Refuse non-finite pixels; a caller reading a page in strips counts them itself
+            (``non_finite_pixels``) to name the whole page's count.
 
     Returns:
         An (H, W) array.
@@ -131,16 +236,15 @@ def to_single_channel(page: np.ndarray, path: str | Path) -> np.ndarray:
     Raises:
         DataError: Unsupported dtype or shape, or non-finite pixels (the message counts them).
     """
-    page = _without_alpha(_supported_dtype(page, path), path)
+    page = supported_page(page, path)
     if page.ndim == 3 and page.shape[2] == 1:
         page = page[..., 0]
     elif page.ndim == 3:
-        grey = np.array_equal(page[..., 0], page[..., 1]) and np.array_equal(page[..., 1], page[..., 2])
+        grey = is_grey_colour(page) if grey is None else grey
         page = page[..., 0] if grey else page.astype(np.float32) @ _BT601
-    if page.dtype.kind == "f" and not np.isfinite(page).all():
-        bad = page.size - int(np.isfinite(page).sum())
-        raise DataError(f"{path}: {bad} of {page.size} pixels are NaN or infinite; replace them (e.g. by the image's "
-                        "background value) before segmenting or training")
+    bad = non_finite_pixels(page) if check_finite else 0
+    if bad:
+        raise non_finite_error(path, bad, page.size)
     return np.ascontiguousarray(page)
 
 

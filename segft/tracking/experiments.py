@@ -15,7 +15,7 @@ from mlflow.environment_variables import (MLFLOW_EXPERIMENT_ID, MLFLOW_RUN_ID,
                                           MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)
 
 from segft import schema
-from segft.tracking.store import once_more
+from segft.tracking.store import once_more, open_store
 
 #: Seconds between two samples of system metrics (MLflow's default is 10 s; the runs of a quick study are short).
 #: ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it.
@@ -25,7 +25,8 @@ SYSTEM_METRICS_INTERVAL_S = 5
 def use_experiment(name: str, system_metrics: bool, description: str) -> str:
     """Send the runs this process starts to experiment ``name`` (created if needed) and turn system metrics on or
     off for them. The experiment is tagged so that MLflow's UI opens it as model training, and described when it
-    has no description yet.
+    has no description yet. The store is opened first (``open_store``: a new local SQLite store is created under a
+    file lock, so that commands started together on it do not break it).
 
     Under ``mlflow run`` MLflow's choice of experiment (``mlflow run --experiment-name``) stands: the run it
     created for this process already lives there, and the runs nested under it must too.
@@ -33,6 +34,7 @@ def use_experiment(name: str, system_metrics: bool, description: str) -> str:
     Returns:
         The experiment's id.
     """
+    open_store()
     handed_over = MLFLOW_RUN_ID.get()
     if handed_over:
         experiment_id = MlflowClient().get_run(handed_over).info.experiment_id

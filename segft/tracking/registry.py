@@ -3,7 +3,7 @@ load a pyfunc, and trace a version back to the run that logged it (its parameter
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import mlflow
 from mlflow import MlflowClient
@@ -51,7 +51,8 @@ def register_model(model_id: str, registered_name: str, version_tags: dict[str, 
 
 
 def set_model_alias(model_uri: str, alias: str) -> None:
-    """Point ``alias`` of a registered model at the version ``models:/<name>/<version>`` (moving it if set).
+    """Point ``alias`` of a registered model at the version ``models:/<name>/<version>`` (moving it if set; an alias
+    that already points there is left as it is: a resumed study does not move its aliases again).
 
     Raises:
         ValueError: If ``model_uri`` is not of that form, or its run did not finish.
@@ -60,10 +61,12 @@ def set_model_alias(model_uri: str, alias: str) -> None:
     if not model_uri.startswith("models:/") or not version.isdigit():
         raise ValueError(f"expected a registered model version models:/<name>/<version>, got {model_uri!r}")
     client = MlflowClient()
-    unfinished = client.get_model_version(name, version).tags.get(schema.UNFINISHED_RUN_TAG)
+    found = client.get_model_version(name, version)
+    unfinished = found.tags.get(schema.UNFINISHED_RUN_TAG)
     if unfinished:
         raise ValueError(f"{model_uri}: its run ended {unfinished}; a model of an unfinished run is never aliased")
-    client.set_registered_model_alias(name, alias, version)
+    if alias not in found.aliases:
+        client.set_registered_model_alias(name, alias, version)
 
 
 def retire_model_versions(run_id: str, status: str) -> list[str]:
@@ -94,7 +97,11 @@ def find_model_version(name: str, tags: dict[str, str]) -> str | None:
 
 
 def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> mlflow.pyfunc.PyFuncModel:
-    """Load a logged segft pyfunc (``models:/segft-finetuned@champion``, ``runs:/...``, a folder...).
+    """Load a logged segft pyfunc (``models:/segft-finetuned@champion``, ``runs:/...``, a folder...) with MLflow.
+
+    MLflow's loader runs the model's logged code (``mlflow_model.py`` and the packaged ``segft``): load only models
+    from stores you trust. ``segft predict`` does not use it: it downloads the checkpoint (``download_checkpoint``)
+    and rebuilds the network with the installed segft (``segft.pyfunc.SegmentationModel``).
 
     Its ``MLmodel`` is read first: a model without segft's checkpoint artifact is refused before any of its code
     or pickles is loaded (its output would otherwise be written as masks).
@@ -103,30 +110,55 @@ def load_model(model_uri: str, model_config: dict[str, str] | None = None) -> ml
         ValueError: If MLflow cannot resolve or download the URI, or the model is not a segft model.
         segft.checkpoint.CheckpointError: If the model's checkpoint is missing or was tampered with.
     """
+    checkpoint_path(model_uri)
     try:
-        flavors = mlflow.models.Model.load(model_uri).flavors
-        if schema.CHECKPOINT_ARTIFACT not in flavors.get("python_function", {}).get("artifacts", {}):
-            raise ValueError(f"model {model_uri!r} is not a segft segmentation model (flavors: "
-                             f"{', '.join(sorted(flavors)) or 'none'}); give a model logged by segft, e.g. "
-                             "models:/segft-finetuned@champion")
         return mlflow.pyfunc.load_model(model_uri, model_config=model_config)
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
 
 
-def download_checkpoint(model_uri: str, destination: Path) -> Path:
-    """Download a logged segft model and return its checkpoint folder.
+def checkpoint_path(model_uri: str) -> str:
+    """Where a logged segft model keeps its checkpoint, relative to the model's folder (``artifacts/checkpoint``),
+    read from its ``MLmodel`` alone.
 
     Raises:
-        ValueError: If the URI cannot be resolved or holds no segft checkpoint.
+        ValueError: If MLflow cannot resolve the URI or read its ``MLmodel``, or the model is not a segft model
+            (no checkpoint artifact, or one outside the model's folder).
     """
+    try:
+        flavors = mlflow.models.Model.load(model_uri).flavors
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"cannot load model {model_uri!r}: {error.message}") from error
+    artifact = flavors.get("python_function", {}).get("artifacts", {}).get(schema.CHECKPOINT_ARTIFACT)
+    if not isinstance(artifact, dict) or not isinstance(artifact.get("path"), str):
+        raise ValueError(f"model {model_uri!r} is not a segft segmentation model (flavors: "
+                         f"{', '.join(sorted(flavors)) or 'none'}); give a model logged by segft, e.g. "
+                         "models:/segft-finetuned@champion")
+    path = PurePosixPath(artifact["path"])
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"model {model_uri!r} is not a segft segmentation model (its checkpoint path {path} lies "
+                         "outside the model)")
+    return str(path)
+
+
+def download_checkpoint(model_uri: str, destination: Path) -> Path:
+    """Download a logged segft model into ``destination`` and return its checkpoint folder; nothing is loaded.
+
+    The model's ``MLmodel`` is read first (``checkpoint_path``): a model that is not segft's is refused before its
+    files are downloaded. None of its code is imported: rebuild the network from the folder with
+    ``segft.checkpoint.load_checkpoint`` (``model.json`` + weights read with ``weights_only``).
+
+    Raises:
+        ValueError: If the URI cannot be resolved or downloaded, or holds no segft checkpoint.
+    """
+    relative = checkpoint_path(model_uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"cannot download model {model_uri!r}: {error.message}") from error
-    checkpoint = local / "artifacts" / schema.CHECKPOINT_ARTIFACT
+    checkpoint = local / relative
     if not checkpoint.is_dir():
-        raise ValueError(f"model {model_uri!r} is not a segft model (no artifacts/checkpoint folder)")
+        raise ValueError(f"model {model_uri!r} is not a segft model (no {relative} folder)")
     return checkpoint
 
 

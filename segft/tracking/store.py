@@ -1,17 +1,62 @@
-"""How segft reaches the tracking store: a write tried once more when two processes race for the same row, and a
-search followed across MLflow's pages."""
+"""How segft reaches the tracking store: opened once, under a file lock when it is a local SQLite file; a write
+tried once more when two processes race for the same row; a search followed across MLflow's pages."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 T = TypeVar("T")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a local SQLite database URL (``sqlite:///mlflow.db`` in the working directory,
+    ``sqlite:////abs/mlflow.db``), or None: an in-memory database, a ``file:`` URI database or another kind of URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # a server's http(s) URI, a file store's path
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or "uri" in parsed.query:
+        return None
+    return Path(database).absolute()
+
+
+@contextlib.contextmanager
+def sqlite_lock(url: str) -> Iterator[None]:
+    """Hold, for the block, a file lock beside the local SQLite database ``url`` names (``mlflow.db.lock`` beside
+    ``mlflow.db``), so that the processes of one machine create or upgrade its tables one after the other; any
+    other URL (a server, a database server, an in-memory database) takes no lock, nor does a file whose folder
+    does not exist (opening it fails with the database's own error)."""
+    path = sqlite_file(url)
+    with FileLock(f"{path}.lock") if path and path.parent.is_dir() else contextlib.nullcontext():
+        yield
+
+
+def open_store(tracking_uri: str | None = None) -> None:
+    """Open the tracking store and its model registry (``tracking_uri``, by default this process's: MLflow 3's
+    default is ``sqlite:///mlflow.db`` in the working directory), creating their tables when the store is new.
+
+    MLflow creates the tables of a new SQLite store the first time a process opens it, with migrations that are not
+    safe to run twice at once: processes starting together on a new store each run them, crash, and leave the store
+    unreadable ("table _alembic_tmp_experiments already exists"). Here the first open happens under ``sqlite_lock``;
+    MLflow keeps the opened store for the rest of the process.
+    """
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    with sqlite_lock(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
 
 
 def once_more(write: Callable[[], T]) -> T:
