@@ -113,7 +113,7 @@ TORCH_VERSION_PARAM = "torch_version"
 #: The CPU cores the process may use (its affinity), not the machine's.
 CPU_CORES_PARAM = "cpu_cores"
 #: The CUDA device's name, ``none`` without one.
-GPU_PARAM = "gpu"
+GPU_PARAM = "gpu_name"
 #: segft's package version.
 CODE_VERSION_PARAM = "code_version"
 #: The git commit segft ran from, ``-dirty`` when tracked files had changes; empty outside a checkout.

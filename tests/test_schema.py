@@ -19,7 +19,7 @@ SOURCES = sorted([*ROOT.glob("segft/**/*.py"), *ROOT.glob("analysis/**/*.py")])
 #: workers and ends the runs of dead tasks), the commands, the report (it logs its folder on the study's parent
 #: run through the adapter) and the study query (it follows MLflow's pages as the adapter does).
 TRACKING_USERS = {"segft.runs", "segft.study", "segft.tuning", "segft.executor", "segft.predict", "segft.cli",
-                  "analysis.report", "analysis.query"}
+                  "analysis.report", "analysis.record", "analysis.query"}
 #: The modules of the adapter, ``segft/tracking/``.
 TRACKING = sorted((ROOT / "segft" / "tracking").glob("*.py"))
 

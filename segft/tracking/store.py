@@ -63,8 +63,8 @@ def once_more(write: Callable[[], T]) -> T:
     """Run a write to the store, and once more after a short random pause if MLflow refused it.
 
     Two processes opening the same new experiment, logging the same dataset or describing the same run at the
-    same moment can both find the row missing and both insert it (MLflow's server looks a row up, then inserts it): the loser gets a unique
-    violation, and its second try finds the row and succeeds.
+    same moment can both find the row missing and both insert it (MLflow's server looks a row up, then inserts
+    it): the loser gets a unique violation, and its second try finds the row and succeeds.
     """
     try:
         return write()
