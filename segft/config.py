@@ -253,8 +253,10 @@ class TrackingConfig:
         experiment: MLflow experiment the runs go to (created if needed, and tagged so that MLflow's UI opens it
             as model training). Under ``mlflow run`` MLflow has already chosen it: pass ``--experiment-name``
             to ``mlflow run`` instead.
-        system_metrics: Log CPU, memory, disk, network and (with an NVIDIA GPU) GPU use over every run, as MLflow's
-            ``system/*`` metrics.
+        system_metrics: Log CPU, memory, disk, network and (with an NVIDIA GPU) GPU use over every run without a
+            parent (a study's parent run, a plain ``base`` or ``finetune`` run), as MLflow's ``system/*`` metrics;
+            MLflow samples the whole machine, so a child run's chart would repeat its parent's
+            (``segft.tracking.runs.start_run``).
     """
 
     experiment: str = "segft"

@@ -240,9 +240,10 @@ REGISTERED_MODEL_DESCRIPTIONS = {
 
 
 def dataset_input(image_set: ImageSet, part: str, context: str) -> tracking.DatasetInput:
-    """A part of the data as a run's dataset input: ``<dataset>-<part>``, its source, digest and size."""
+    """A part of the data as a run's dataset input: ``<dataset>-<part>``, its source, digest, size and profile."""
     return tracking.DatasetInput(schema.input_name(image_set.name, part), context, image_set.source,
-                                 image_set.digest()[:16], len(image_set))
+                                 image_set.digest()[:16], len(image_set),
+                                 tracking.DatasetProfile.of(image_set.images, image_set.masks))
 
 
 def test_set_inputs(split: StudySplit) -> list[tracking.DatasetInput]:

@@ -81,6 +81,9 @@ def threshold_polarity_source_param(dataset: str) -> str:
 # ---- metrics besides ``metric_name``'s per-dataset scores
 #: Mean training loss of an epoch (step = epoch).
 TRAIN_LOSS_METRIC = "train_loss"
+#: The last epoch's training loss, logged with the model and linked to the training data it was computed on (so
+#: that the logged model's "Datasets used" lists its training data, not only the data it was scored on).
+FINAL_TRAIN_LOSS_METRIC = "final_train_loss"
 #: A tuning trial's validation Dice (step = epoch).
 TRIAL_DICE_METRIC = "val_dice"
 #: On a tuning study's parent run: the best learning rate so far and its validation Dice (step = trials done).

@@ -11,7 +11,8 @@ Its modules, one concern each:
 - ``experiments``: where runs go (``use_experiment``, system metrics, ``Destination`` for worker processes);
 - ``runs``: a run's life (``start_run``, ``end_run``, ``task_tags``, ``fail_dead_runs``);
 - ``log``: what a run records (parameters, split, metrics, tables, images, figures, tags, a study's report);
-- ``datasets``: the data's parts as MLflow dataset inputs (``DatasetInput``, ``log_inputs``);
+- ``datasets``: the data's parts as MLflow dataset inputs with a profile and schema (``DatasetInput``,
+  ``DatasetProfile``, ``log_inputs``);
 - ``registry``: logged and registered models, their checkpoints and their source runs;
 - ``search``: what a resumed study or tuning reads back (``finished_study_runs``, parents, validation tables);
 - ``claims``: one live process per study (``claim``: a heartbeating claim that a second process waits for);
@@ -23,7 +24,7 @@ The tracking URI is MLflow's own: ``MLFLOW_TRACKING_URI`` when set, else MLflow 
 """
 
 from segft.tracking.claims import claim
-from segft.tracking.datasets import DatasetInput, log_inputs
+from segft.tracking.datasets import DatasetInput, DatasetProfile, log_inputs
 from segft.tracking.experiments import (SYSTEM_METRICS_INTERVAL_S, Destination, current_experiment_id, tracking_uri,
                                         use_experiment)
 from segft.tracking.log import (MAX_PARAM_LENGTH, describe_run, flatten_config, log_epoch, log_evaluation,
@@ -38,7 +39,8 @@ from segft.tracking.search import (FinishedRun, find_tuning_parent, finished_stu
 from segft.tracking.store import RunRecord, once_more, open_store, search_pages, sqlite_lock
 
 __all__ = [
-    "MAX_PARAM_LENGTH", "SYSTEM_METRICS_INTERVAL_S", "DatasetInput", "Destination", "FinishedRun", "RunRecord", "claim",
+    "MAX_PARAM_LENGTH", "SYSTEM_METRICS_INTERVAL_S", "DatasetInput", "DatasetProfile", "Destination", "FinishedRun",
+    "RunRecord", "claim",
     "current_experiment_id", "describe_run", "download_checkpoint", "end_run", "fail_dead_runs", "find_model_version",
     "find_tuning_parent", "finished_study_runs", "flatten_config", "load_model", "log_epoch", "log_evaluation",
     "log_figures", "log_images", "log_inputs", "log_metrics", "log_model", "log_params", "log_report", "log_split",

@@ -3,10 +3,13 @@ load a pyfunc, and trace a version back to the run that logged it (its parameter
 
 from __future__ import annotations
 
+import time
 from pathlib import Path, PurePosixPath
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from segft import schema
 from segft.urls import redact
@@ -21,9 +24,36 @@ def save_model(pyfunc_arguments: dict[str, object], path: Path) -> Path:
 
 def log_model(pyfunc_arguments: dict[str, object], name: str) -> str:
     """Log a pyfunc (``segft.pyfunc.pyfunc_arguments``: code, checkpoint artifact, signature, input example) on
-    the active run as logged model ``name`` (the run's name: ``finetune-n15-r1``); it is registered by
-    ``register_model`` once it has been scored. Returns the logged model's id."""
-    return mlflow.pyfunc.log_model(name=name, **pyfunc_arguments).model_id
+    the active run as logged model ``name`` (the run's name: ``finetune-n15-r1``), linked to the data it was
+    trained on (``link_training_data``); it is registered by ``register_model`` once it has been scored. Returns
+    the logged model's id."""
+    model_id = mlflow.pyfunc.log_model(name=name, **pyfunc_arguments).model_id
+    link_training_data(model_id)
+    return model_id
+
+
+def link_training_data(model_id: str) -> list[str]:
+    """Link a logged model to the active run's training dataset inputs: the run's last ``train_loss`` is logged
+    once more as ``final_train_loss`` with the model and each training input. MLflow links a model to data only
+    through metrics (a model version's page shows no datasets; its logged model's "Datasets used" lists the data
+    of its metrics), and the scores link only the validation and test data.
+
+    Returns:
+        The names of the training inputs linked; none when the run logged no training loss or training input.
+    """
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    history = client.get_metric_history(run_id, schema.TRAIN_LOSS_METRIC)
+    run = client.get_run(run_id)
+    training = [item.dataset for item in run.inputs.dataset_inputs
+                if {tag.key: tag.value for tag in item.tags}.get(MLFLOW_DATASET_CONTEXT) == schema.TRAINING_CONTEXT]
+    if not history or not training:
+        return []
+    last = max(history, key=lambda metric: (metric.step, metric.timestamp))
+    client.log_batch(run_id, metrics=[
+        Metric(schema.FINAL_TRAIN_LOSS_METRIC, last.value, int(time.time() * 1000), last.step, model_id=model_id,
+               dataset_name=dataset.name, dataset_digest=dataset.digest, run_id=run_id) for dataset in training])
+    return [dataset.name for dataset in training]
 
 
 def register_model(model_id: str, registered_name: str, version_tags: dict[str, str], description: str,

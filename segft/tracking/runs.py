@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping
@@ -13,7 +14,9 @@ from typing import Callable, Iterator, Mapping
 import mlflow
 import psutil
 from mlflow import MlflowClient
+from mlflow.entities import SourceType
 from mlflow.environment_variables import MLFLOW_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
 from segft import schema
 from segft.tracking.experiments import current_experiment_id
@@ -56,6 +59,44 @@ def process_gone(tags: dict[str, str]) -> bool:
     return abs(started - float(tags.get(schema.PID_STARTED_TAG, "nan"))) > 0.5
 
 
+#: The tags a child run copies from its parent: where it came from (``mlflow.source.name``, ``.type``, ``.git.*``)
+#: and, under ``mlflow run``, the MLproject entry point.
+_SOURCE_TAG_PREFIX = "mlflow.source."
+
+
+def source_tags(origin_run_id: str | None) -> dict[str, str]:
+    """Where a new run came from, as MLflow's source tags, so that the UI's Source column names the command.
+
+    A child run copies its parent's source tags (``mlflow.source.*`` and ``mlflow.project.entryPoint``): its own
+    process is ``python -m segft`` (MLflow would name ``__main__.py``) or a Ray worker (Ray's ``default_worker.py``),
+    while its parent names the command (``segft study``) or, under ``mlflow run``, the project and entry point
+    (shown as ``main:study``). A run without a parent started by the ``segft`` command line is named after the
+    command (``segft study``, source type ``LOCAL``); any other process keeps MLflow's own tags (empty here).
+
+    Args:
+        origin_run_id: The run the new run's source is copied from: its parent, or the run ``mlflow run`` handed
+            over when the new run is a separate one beside it; None for a run without either.
+    """
+    if origin_run_id:
+        tags = MlflowClient().get_run(origin_run_id).data.tags
+        return {key: value for key, value in tags.items()
+                if key.startswith(_SOURCE_TAG_PREFIX) or key == MLFLOW_PROJECT_ENTRY_POINT}
+    command = _segft_command(sys.argv)
+    if command is None:
+        return {}
+    return {MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+
+
+def _segft_command(argv: list[str]) -> str | None:
+    """``segft <command>`` when this process runs segft's command line (the ``segft`` console script or
+    ``python -m segft``), else None. The command line parser takes no option before the command's name."""
+    if len(argv) < 2 or not argv[1] or argv[1].startswith("-"):
+        return None
+    main = os.path.basename(argv[0]) if argv[0] else ""
+    is_package_main = main == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "segft"
+    return f"segft {argv[1]}" if main == "segft" or is_package_main else None
+
+
 @contextlib.contextmanager
 def start_run(
     run_name: str, tags: dict[str, str], new_run: bool = False, nested: bool = False, run_id: str | None = None,
@@ -65,7 +106,17 @@ def start_run(
     block raises (tag ``segft.error`` says why), KILLED on Ctrl-C or SIGTERM (``segft.cli`` turns SIGTERM into
     ``KeyboardInterrupt``). A model version registered by a run that did not finish is tagged
     ``segft.unfinished_run`` and never reused. The run is tagged with its process (``process_tags``), so that
-    a resumed study can tell a dead RUNNING run from a live one (``fail_dead_runs``).
+    a resumed study can tell a dead RUNNING run from a live one (``fail_dead_runs``). A new run of the ``segft``
+    command names the command as its source (``source_tags``: ``segft study``, or the ``mlflow run`` entry point
+    its parent names), not ``__main__.py`` or a Ray worker's script.
+
+    System metrics (``use_experiment``) are logged on runs without a parent only; a child run (``nested`` or
+    ``parent_run_id``) logs none. MLflow samples the whole machine (``psutil``: every CPU, all memory), not the
+    run's process, so a child's chart would repeat its parent's over a shorter window and could not tell
+    concurrent siblings apart; a quick study's child runs last seconds to a minute, which gave them 1-5 samples;
+    and each sample costs the store a read. The parent spans the whole study and samples every
+    ``SYSTEM_METRICS_INTERVAL_S`` seconds. Its first CPU sample reads 0 %: MLflow takes it the moment the run
+    starts, over no time (psutil's ``cpu_percent`` measures since its previous call).
 
     Args:
         run_name: Shown in the MLflow UI.
@@ -84,12 +135,17 @@ def start_run(
     handed_over = MLFLOW_RUN_ID.get() if new_run else None
     if run_id is not None:
         MLFLOW_RUN_ID.unset()
+    child = nested or parent_run_id is not None
+    if new_run or (run_id is None and not MLFLOW_RUN_ID.get()):  # a run created now, not adopted or resumed
+        active = mlflow.active_run() if nested else None
+        # a separate run beside the one `mlflow run` handed over came from the same entry point
+        tags = {**source_tags(parent_run_id or (active.info.run_id if active else None) or handed_over), **tags}
     if new_run:
         run_id = MlflowClient().create_run(current_experiment_id(), tags=tags, run_name=run_name).info.run_id
     resumed = run_id is not None
     try:
         with mlflow.start_run(run_id=run_id, run_name=None if resumed else run_name, nested=nested, tags=tags,
-                              parent_run_id=parent_run_id) as run:
+                              parent_run_id=parent_run_id, log_system_metrics=False if child else None) as run:
             if resumed:
                 mlflow.set_tags(tags)
             try:
