@@ -15,8 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, PruneConfig, ReportConfig, StudyConfig, TrainConfig,
-                          TuneConfig)
+from segft.config import (BaseConfig, FinetuneConfig, PredictConfig, PruneConfig, ReportConfig, StudyConfig,
+                          TrainConfig, TuneConfig)
 from segft.data.readers import DataError
 from segft.mlproject import field_default, leaf_fields
 from segft.presets import preset_train_config
@@ -241,7 +241,11 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str, command: str | None = None) -> typing.NoReturn:
         where = f"{self.prog} {command}" if command else self.prog
-        line = f"segft: error: {' '.join(message.split())}; see '{where} --help'"
+        from segft.urls import redact
+
+        message, see = redact(" ".join(message.split())), f"; see '{where} --help'"  # a mistyped --storage URL
+        room = MAX_ERROR_LENGTH - len(see)
+        line = f"segft: error: {message if len(message) <= room else message[: room - 4] + ' ...'}{see}"
         print(line, file=sys.stderr)
         raise ArgumentError(line)
 
@@ -286,13 +290,14 @@ MAX_ERROR_LENGTH = 300
 TRACKING_COMMANDS = ("base", "finetune", "study", "analyze", "report", "tune", "predict", "prune")
 
 
-def one_line(error: BaseException) -> str:
-    """An error as one line of at most ``MAX_ERROR_LENGTH`` characters, secrets in URLs hidden. A ``KeyError``
-    (whose ``str`` is its key, quoted) shows its argument."""
+def one_line(error: BaseException, secrets: Sequence[str] = ()) -> str:
+    """An error as one line of at most ``MAX_ERROR_LENGTH`` characters, secrets in URLs hidden, and ``secrets``
+    (``segft.urls.url_secrets``) wherever they appear. A ``KeyError`` (whose ``str`` is its key, quoted) shows its
+    argument."""
     from segft.urls import redact
 
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    text = redact(" ".join(text.split())) or type(error).__name__
+    text = redact(" ".join(text.split()), secrets) or type(error).__name__
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 4] + " ..."
 
 
@@ -343,7 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segft: interrupted by {number.name}{ended}", file=sys.stderr)
         return 128 + number
     except _user_errors() as error:
-        print(f"segft: error: {one_line(error)}", file=sys.stderr)
+        from segft.urls import url_secrets  # what it was given: a library may quote a piece of it outside a URL
+
+        given = url_secrets(getattr(args, "storage", ""), getattr(args, "tracking_uri", ""),
+                            os.environ.get("MLFLOW_TRACKING_URI", ""))
+        print(f"segft: error: {one_line(error, given)}", file=sys.stderr)
         return 2
     finally:
         for number, handler in previous.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Iterable
 
 #: The environment variable ``tune`` reads a storage password from (instead of the URL, where it would be seen).
 STORAGE_PASSWORD_ENV = "SEGFT_STORAGE_PASSWORD"
@@ -39,9 +40,10 @@ _NEXT_PAIR = re.compile(r"&[^=&?#\s'\"]*=")
 _HIDDEN_VALUE = re.compile(rf"{re.escape(HIDDEN)}(?=[&#\s'\"<>),;]|$)")
 
 
-def redact(text: str) -> str:
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with the secrets of every URL in it hidden: the password of ``user:password@`` and the value of
-    every query parameter named like a secret (``password``, ``sslpassword``, ``token``...).
+    every query parameter named like a secret (``password``, ``sslpassword``, ``token``...); and every one of
+    ``secrets`` (``url_secrets``: what segft knows to be secret) wherever it appears.
 
     A password may hold any character, quoted, escaped or not (``'``, ``"``, spaces, ``@``, ``:``, ``/``, ``#``,
     ``%``, non-ASCII), and ``text`` may be a URL alone (a parameter, a tag) or free text holding URLs (an error
@@ -63,6 +65,8 @@ def redact(text: str) -> str:
 
     ``user:***@host`` and ``password=***`` are left as they are, so ``redact`` of its own output changes nothing.
     """
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, HIDDEN)
     if "://" not in text:
         return text
     pieces, position = [], 0
@@ -82,6 +86,49 @@ def redact(text: str) -> str:
         pieces.append(piece)
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+#: Shortest piece of a secret ``url_secrets`` lists: shorter ones would hide ordinary words of a message.
+MIN_SECRET_PIECE = 4
+#: Where a URL parser may cut a password or a secret query value into pieces.
+_CUTS = re.compile(r"[@:/?#&\s'\"\\]+")
+
+
+def url_secrets(*urls: str) -> tuple[str, ...]:
+    """The secrets of URLs segft was given (a storage, a tracking URI), and the pieces a parser may cut them into,
+    to be hidden wherever they appear (``redact(text, secrets)``).
+
+    A library can quote a piece of a password outside any URL: SQLAlchemy cuts ``user:a b@c@host`` at its first
+    ``@``, and psycopg then fails to resolve the host ``'c@host'``. So every secret is listed whole, percent-decoded,
+    and cut at ``@ : / ? # &``, whitespace, quotes and backslashes, pieces shorter than ``MIN_SECRET_PIECE`` left
+    out.
+    """
+    from urllib.parse import unquote
+
+    found = set()
+    for url in urls:
+        for secret in _secrets_of(url.strip()):
+            for whole in {secret, unquote(secret)}:
+                found.update(piece for piece in [whole, *_CUTS.split(whole)] if len(piece) >= MIN_SECRET_PIECE)
+    return tuple(sorted(found - {HIDDEN}))
+
+
+def _secrets_of(url: str) -> list[str]:
+    """What ``redact`` hides in ``url``, a URL alone: its password and its secret query values."""
+    start = _URL_START.match(url)
+    if not start:
+        return []
+    secrets, position = [], start.end()
+    at = _end_of_userinfo(url, position, len(url))
+    user, colon, password = url[position:at].partition(":") if at is not None else ("", "", "")
+    if colon and not re.search(r"[/?#]", user):
+        secrets.append(password)
+        position = at
+    for key in _QUERY_KEY.finditer(url, position):
+        following = _NEXT_PAIR.search(url, key.end())
+        if _is_secret(key.group(1)):
+            secrets.append(url[key.end() : following.start() if following else len(url)])
+    return secrets
 
 
 def _end_of_userinfo(text: str, start: int, end: int) -> int | None:

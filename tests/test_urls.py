@@ -13,7 +13,7 @@ import pytest
 
 from segft import cli
 from segft.urls import (STORAGE_PASSWORD_ENV, check_tracking_server, redact, require_driver,
-                        storage_with_password)
+                        storage_with_password, url_secrets)
 
 SECRET = "PLANTED-s3cret"
 
@@ -31,11 +31,15 @@ REDACTIONS = [
     # issue 22: quotes, spaces, '@', '/', '#' in the password; the user name and the host stay
     ("postgresql://user:se'cretpw@127.0.0.1:1/db", "postgresql://user:***@127.0.0.1:1/db"),
     ("postgresql://user:p@ss w/o#rd\"@h/db", "postgresql://user:***@h/db"),
-    ("storage 'postgresql://u:s3cret@h/db': cannot open it (x)", "storage 'postgresql://u:***@h/db': cannot open it (x)"),
-    ("two: postgresql://a:s3cret@h1/db and mysql://b:s3cret@h2/db", "two: postgresql://a:***@h1/db and mysql://b:***@h2/db"),
+    ("storage 'postgresql://u:s3cret@h/db': cannot open it (x)",
+     "storage 'postgresql://u:***@h/db': cannot open it (x)"),
+    ("two: postgresql://a:s3cret@h1/db and mysql://b:s3cret@h2/db",
+     "two: postgresql://a:***@h1/db and mysql://b:***@h2/db"),
     # what redact wrote stays as it is, and so does the text after it
-    ("storage 'postgresql://u:***@h/db': failed, ask dba@example.org", "storage 'postgresql://u:***@h/db': failed, ask dba@example.org"),
-    ("storage 'sqlite:///x.db?password=***': cannot open it (a&b)", "storage 'sqlite:///x.db?password=***': cannot open it (a&b)"),
+    ("storage 'postgresql://u:***@h/db': failed, ask dba@example.org",
+     "storage 'postgresql://u:***@h/db': failed, ask dba@example.org"),
+    ("storage 'sqlite:///x.db?password=***': cannot open it (a&b)",
+     "storage 'sqlite:///x.db?password=***': cannot open it (a&b)"),
     # a URI after a URL ends its stretch: a model alias is no user info
     ("tracking http://127.0.0.1:5000: models:/segft-finetuned@champion not found",
      "tracking http://127.0.0.1:5000: models:/segft-finetuned@champion not found"),
@@ -87,6 +91,23 @@ def test_no_query_string_password_survives_redaction(password):
     for text in (f"sqlite:///optuna.db?password={PASSWORDS[password]}",
                  f"see 'postgresql://db/optuna?sslmode=require&sslpassword={PASSWORDS[password]}&x=1' now"):
         assert "AAA" not in redact(text) and "ZZZ" not in redact(text), redact(text)
+
+
+#: (URLs segft was given, a library's message quoting a piece of one outside any URL, what must not survive)
+KNOWN_SECRETS = [
+    # SQLAlchemy cuts the password at its first '@'; psycopg then cannot resolve the "host" holding the rest
+    ([f"postgresql+psycopg://segft:se'c r@{SECRET}@127.0.0.1:1/optuna"],
+     f"failed to resolve host '{SECRET}@127.0.0.1': Name or service not known", SECRET),
+    ([f"http://segft:{quote(SECRET + '@x')}@127.0.0.1:5000"], f"login {SECRET}@x refused", SECRET),
+    ([f"sqlite:///optuna.db?password={SECRET}", ""], f"bad value {SECRET!r}", SECRET),
+]
+
+
+@pytest.mark.parametrize("urls, message, secret", KNOWN_SECRETS)
+def test_the_secrets_of_a_given_url_are_hidden_outside_any_url(urls, message, secret):
+    assert secret in message and secret not in redact(message, url_secrets(*urls))
+    assert url_secrets("http://127.0.0.1:5000", "postgresql://segft@db/optuna", "") == ()
+    assert redact("a b c", url_secrets("postgresql://u:a@h")) == "a b c"  # too short a piece to hide
 
 
 def test_a_storage_password_comes_from_the_environment(monkeypatch):
