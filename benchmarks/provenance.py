@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What a run logs and where it runs, not what it computes: no results file depends on these.
 #: (``segft/tracking.py`` is the adapter before it became the package ``segft/tracking/``: older commits hold it.)
 _PLUMBING = ("!segft/tracking/", "!segft/tracking.py", "!segft/executor.py", "!segft/urls.py", "!segft/mlproject.py",
-             "!segft/pyfunc.py", "!segft/predict.py", "!segft/overlays.py")
+             "!segft/pyfunc.py", "!segft/predict.py", "!segft/strips.py", "!segft/overlays.py")
 _STUDY = ("segft/", *_PLUMBING, "analysis/summary.py", "analysis/query.py", "benchmarks/study_results.py",
           "benchmarks/executor_speed.py")
 CODE = {
@@ -44,8 +44,8 @@ CODE = {
     # gathers study files (each checked against the study code) into one table: their code and its own
     "robustness": (*_STUDY, "benchmarks/robustness.py"),
     "predict": ("segft/models/", "segft/data/readers.py", "segft/data/normalize.py", "segft/data/patches.py",
-                "segft/inference.py", "segft/predict.py", "segft/pyfunc.py", "segft/checkpoint.py",
-                "benchmarks/predict_memory.py"),
+                "segft/data/bands.py", "segft/inference.py", "segft/predict.py", "segft/strips.py", "segft/pyfunc.py",
+                "segft/checkpoint.py", "benchmarks/predict_memory.py"),
 }
 
 

@@ -40,7 +40,7 @@ from segft import tracking
 from segft.config import PredictConfig
 from segft.data.bands import NotInBands, TiffBands, page_shapes
 from segft.data.dataset import natural_key
-from segft.data.readers import DataError, image_files, is_image_file, read_images
+from segft.data.readers import DataError, image_files, is_image_file, read_images, tifffile_log
 from segft.overlays import contour_overlay, mask_png
 from segft.pyfunc import SegmentationModel
 from segft.strips import BYTES_PER_PIXEL, segment_tiff
@@ -111,7 +111,7 @@ def in_strips(path: Path, config: PredictConfig) -> bool:
         raise DataError(f"{over}, and --format png and --overlays cannot be written in strips; use --format tif "
                         "without --overlays, or raise the budget")
     try:
-        with TiffBands(path, budget // 4):
+        with tifffile_log(), TiffBands(path, budget // 4):  # a damaged file's warnings: reading it will say
             return True
     except NotInBands as error:
         raise DataError(f"{over}, and it cannot be read in strips: {error}") from error

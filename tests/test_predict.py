@@ -275,3 +275,31 @@ def test_sigterm_during_predict_says_nothing_of_runs(model_path, tmp_path, capsy
     assert status == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines()[-1] == "segft: interrupted by SIGTERM"
     assert 0 < len(list(out.glob("*_mask.tif"))) < 40
+
+
+def _peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory of a fresh ``python -m segft`` process on this checkout (Linux ``ru_maxrss``)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "segft", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, stderr.decode()[-3000:]
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_by_the_budget_not_by_the_image(model_path, tmp_path):
+    """A 4000 x 4000 image with a 32 MB budget: the process's peak stays within the budget plus the normalization
+    sample's share above the peak of a tiny image's process (segmented whole, it takes about 220 MB more)."""
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((64, 64), np.uint8), photometric="minisblack")
+    big = (np.random.default_rng(3).random((4000, 4000)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", big, photometric="minisblack")
+    common = ["--model", model_path, "--device", "cpu", "--batch-size", "64", "--memory-budget-mb", "32"]
+    baseline = _peak_rss_mb(["predict", "--input", str(tmp_path / "small.tif"), "--output", str(tmp_path / "a"),
+                             *common])
+    peak = _peak_rss_mb(["predict", "--input", str(tmp_path / "big.tif"), "--output", str(tmp_path / "b"), *common])
+    assert peak - baseline < 32 + 64, (baseline, peak)
+    assert read_masks(tmp_path / "b" / "big_mask.tif")[0].shape == (4000, 4000)

@@ -20,7 +20,7 @@ from segft.checkpoint import WEIGHTS_FILE, CheckpointError, InferenceSettings, s
 from segft.config import ModelConfig
 from segft.data.readers import to_single_channel
 from segft.inference import SlidingWindowSegmenter
-from segft.pyfunc import as_images, example_image, pyfunc_arguments
+from segft.pyfunc import SegmentationModel, as_images, example_image, pyfunc_arguments
 
 CONFIG = ModelConfig(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
 SETTINGS = InferenceSettings(patch_size=32, overlap=0.5)
@@ -225,3 +225,21 @@ def test_the_pyfunc_normalizes_as_the_checkpoint_says(saved, tmp_path):
     assert np.allclose(probabilities, expected.probabilities(image), atol=1e-5)
     percentile = SlidingWindowSegmenter(saved[1], patch_size=32, overlap=0.5).probabilities(image)
     assert not np.allclose(probabilities, percentile, atol=1e-3)
+
+
+def test_the_checkpoint_alone_gives_the_pyfuncs_results(saved, pyfunc, tmp_path):
+    """``segft predict``'s model: downloaded (no code imported) and rebuilt from the checkpoint, it gives what
+    MLflow's loader and the pyfunc give, for masks and probabilities alike."""
+    model = SegmentationModel(tracking.download_checkpoint(str(saved[0]), tmp_path), "cpu", "off")
+    for model_input, params in [(_image((45, 71)), None), (_image((2, 40, 50, 3)), {"overlap": 0.25}),
+                                (_image((40, 40)), {"return_probabilities": True, "batch_size": 3})]:
+        np.testing.assert_array_equal(model.predict(model_input, params), pyfunc.predict(model_input, params=params))
+
+
+@pytest.mark.parametrize("path", ["../../elsewhere", "/etc"])
+def test_a_checkpoint_path_outside_the_model_is_refused(saved, tmp_path, path):
+    copy = shutil.copytree(saved[0], tmp_path / "pyfunc")
+    mlmodel = copy / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text().replace("path: artifacts/checkpoint", f"path: {path}"))
+    with pytest.raises(ValueError, match="outside the model"):
+        tracking.download_checkpoint(str(copy), tmp_path / "download")

@@ -16,6 +16,8 @@ Its modules, one concern each:
 - ``registry``: logged and registered models, their checkpoints and their source runs;
 - ``search``: what a resumed study or tuning reads back (``finished_study_runs``, parents, validation tables);
 - ``claims``: one live process per study (``claim``: a heartbeating claim that a second process waits for);
+- ``prune``: deleting the model artifacts no alias, champion or unfinished study needs (``segft prune``);
+- ``projects``: the run ``mlflow run`` opened, discarded when segft refuses its arguments;
 - ``store``: the store opened once (a new SQLite store under a file lock), a write tried once more, a search
   followed across pages.
 
