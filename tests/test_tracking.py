@@ -149,6 +149,19 @@ def test_a_resumed_study_reads_its_finished_runs_back_as_plain_data(store):
     assert tracking.finished_study_runs("another") == {}
 
 
+@pytest.mark.parametrize("stop, status, reason", [
+    (KeyboardInterrupt, "KILLED", "interrupted (SIGINT or SIGTERM)"),
+    (SystemExit, "KILLED", "its process was told to exit"),  # a Ray worker whose cluster is shut down
+    (RuntimeError, "FAILED", "RuntimeError"),
+])
+def test_a_run_stopped_inside_its_block_ends_with_a_status_and_a_reason(store, stop, status, reason):
+    tracking.use_experiment("segft", False, "a study")
+    with pytest.raises(stop), tracking.start_run("base", {}, new_run=True) as run:
+        raise stop()
+    ended = store.get_run(run.info.run_id)
+    assert ended.info.status == status and ended.data.tags[schema.ERROR_TAG].startswith(reason)
+
+
 def test_new_runs_and_workers_go_to_the_experiment_use_experiment_chose(store):
     experiment_id = tracking.use_experiment("my-lab", False, "mine")
     assert store.get_experiment(experiment_id).name == "my-lab"

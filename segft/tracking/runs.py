@@ -104,7 +104,8 @@ def start_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, adopt) a run; it always ends in a final state: FINISHED, FAILED if the
     block raises (tag ``segft.error`` says why), KILLED on Ctrl-C or SIGTERM (``segft.cli`` turns SIGTERM into
-    ``KeyboardInterrupt``). A model version registered by a run that did not finish is tagged
+    ``KeyboardInterrupt``) and on ``SystemExit`` (a Ray worker exits so when a stopped driver shuts its cluster
+    down; MLflow alone would end the run FAILED without a reason). A model version registered by a run that did not finish is tagged
     ``segft.unfinished_run`` and never reused. The run is tagged with its process (``process_tags``), so that
     a resumed study can tell a dead RUNNING run from a live one (``fail_dead_runs``). A new run of the ``segft``
     command names the command as its source (``source_tags``: ``segft study``, or the ``mlflow run`` entry point
@@ -153,6 +154,9 @@ def start_run(
             except KeyboardInterrupt:
                 _end_unfinished(run.info.run_id, "KILLED", "interrupted (SIGINT or SIGTERM)")
                 raise
+            except (SystemExit, GeneratorExit):  # a Ray worker told to exit as its cluster shuts down
+                _end_unfinished(run.info.run_id, "KILLED", SYSTEM_EXIT_REASON)
+                raise
             except Exception as error:
                 _end_unfinished(run.info.run_id, "FAILED", f"{type(error).__name__}: {error}")
                 raise
@@ -177,6 +181,10 @@ def _end_unfinished(run_id: str, status: str, reason: str) -> None:
     mlflow.set_tag(schema.ERROR_TAG, redact((reason.splitlines() or [""])[0])[:500])
     retire_model_versions(run_id, status)
     mlflow.end_run(status)
+
+
+#: Why a run ended KILLED when its process was told to exit (``SystemExit``) inside the run.
+SYSTEM_EXIT_REASON = "its process was told to exit (a Ray worker whose cluster was shut down)"
 
 
 def fail_dead_runs(filter_string: str, gone: Callable[[dict[str, str]], bool] = process_gone,
